@@ -1,0 +1,5 @@
+{
+  "targets": [
+    { "target_name": "polyvisor_seek", "sources": ["native/seek.c"] }
+  ]
+}

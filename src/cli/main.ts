@@ -1,0 +1,44 @@
+#!/usr/bin/env node
+/**
+ * The `polyvisor` command. Each command group lives in its own file and calls the library;
+ * this file only wires them together and turns errors into messages and exit statuses.
+ */
+import { Command, CommanderError } from 'commander';
+import { readFileSync } from 'node:fs';
+import { diskCommand } from './disk.js';
+import { reportError } from './run.js';
+
+const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+
+export function buildProgram(): Command {
+  const program = new Command('polyvisor')
+    .description('Polyvisor: read, write, convert, run and move VMs across Xen, Hyper-V, VMware and KVM/QEMU')
+    .version(pkg.version, '-V, --version')
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride();
+  program.addCommand(diskCommand());
+  // Commander exits with 1 on usage errors; scripts expect 2 for a wrong command line.
+  const override = (cmd: Command) => {
+    cmd.exitOverride();
+    cmd.commands.forEach(override);
+  };
+  override(program);
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const program = buildProgram();
+  const json = argv.includes('--json') || argv.includes('--output=json');
+  try {
+    await program.parseAsync(argv);
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      // --help and --version end here with exitCode 0
+      process.exitCode = e.exitCode === 0 ? 0 : 2;
+      return;
+    }
+    reportError(e, json);
+  }
+}
+
+await main(process.argv);

@@ -1,0 +1,200 @@
+/**
+ * Bounds-checked file access for image parsers.
+ *
+ * Every read of on-disk metadata goes through `readStructure`, which refuses to read past
+ * the end of the file and says which structure was being read where. A raw RangeError or
+ * a silently short read never reaches format code.
+ */
+import { open, type FileHandle } from 'node:fs/promises';
+import { PolyvisorError, fromSystemError, hex } from '../errors.js';
+
+export class ImageFile {
+  readonly path: string;
+  readonly writable: boolean;
+  #fh: FileHandle;
+  #size: number;
+
+  private constructor(path: string, fh: FileHandle, size: number, writable: boolean) {
+    this.path = path;
+    this.#fh = fh;
+    this.#size = size;
+    this.writable = writable;
+  }
+
+  /** Opens an existing file. */
+  static async open(path: string, writable: boolean): Promise<ImageFile> {
+    let fh: FileHandle;
+    try {
+      fh = await open(path, writable ? 'r+' : 'r');
+    } catch (e) {
+      throw fromSystemError(e, path, 'open');
+    }
+    try {
+      const st = await fh.stat();
+      if (!st.isFile() && !st.isBlockDevice()) {
+        throw new PolyvisorError('ERR_IO', 'not a regular file or block device', { file: path });
+      }
+      return new ImageFile(path, fh, st.size, writable);
+    } catch (e) {
+      await fh.close().catch(() => {});
+      throw fromSystemError(e, path, 'stat');
+    }
+  }
+
+  /** Creates a new file; fails if it exists (callers write under a temporary name). */
+  static async create(path: string): Promise<ImageFile> {
+    let fh: FileHandle;
+    try {
+      fh = await open(path, 'wx+');
+    } catch (e) {
+      throw fromSystemError(e, path, 'create');
+    }
+    return new ImageFile(path, fh, 0, true);
+  }
+
+  get size(): number {
+    return this.#size;
+  }
+
+  get handle(): FileHandle {
+    return this.#fh;
+  }
+
+  /**
+   * Reads exactly `length` bytes of a named on-disk structure at `offset`. Throws
+   * ERR_TRUNCATED naming the structure when the file ends before it does.
+   */
+  async readStructure(offset: number, length: number, structure: string): Promise<Buffer> {
+    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
+      throw new PolyvisorError('ERR_CORRUPT', `invalid offset or length (${length} bytes)`, { file: this.path, structure, offset: Math.max(0, offset || 0) });
+    }
+    if (offset + length > this.#size) {
+      throw new PolyvisorError('ERR_TRUNCATED', `${length} bytes needed but the file ends at ${hex(this.#size)}`, { file: this.path, structure, offset });
+    }
+    const buf = Buffer.allocUnsafe(length);
+    await this.readInto(buf, offset);
+    return buf;
+  }
+
+  /**
+   * Reads into `buf` at `offset`. Bytes past the end of the file read as zeroes: image
+   * formats treat a file that ends inside its last cluster as zero-padded.
+   */
+  async readInto(buf: Uint8Array, offset: number): Promise<void> {
+    let done = 0;
+    const want = buf.length;
+    while (done < want) {
+      const pos = offset + done;
+      if (pos >= this.#size) {
+        buf.fill(0, done);
+        return;
+      }
+      let n: number;
+      try {
+        ({ bytesRead: n } = await this.#fh.read(buf, done, Math.min(want - done, this.#size - pos), pos));
+      } catch (e) {
+        throw fromSystemError(e, this.path, `read at ${hex(pos)}`);
+      }
+      if (n === 0) {
+        // the file shrank under us: treat the rest as zeroes rather than loop for ever
+        buf.fill(0, done);
+        this.#size = pos;
+        return;
+      }
+      done += n;
+    }
+  }
+
+  /** Writes all of `buf` at `offset`, growing the file as needed. */
+  async writeAt(buf: Uint8Array, offset: number): Promise<void> {
+    if (!this.writable) throw new PolyvisorError('ERR_READ_ONLY', 'file is open read-only', { file: this.path, offset });
+    let done = 0;
+    while (done < buf.length) {
+      let n: number;
+      try {
+        ({ bytesWritten: n } = await this.#fh.write(buf, done, buf.length - done, offset + done));
+      } catch (e) {
+        throw fromSystemError(e, this.path, `write at ${hex(offset + done)}`);
+      }
+      done += n;
+    }
+    if (offset + buf.length > this.#size) this.#size = offset + buf.length;
+  }
+
+  /** Writes several buffers back to back starting at `offset` (one system call where possible). */
+  async writevAt(bufs: Uint8Array[], offset: number): Promise<void> {
+    if (bufs.length === 1) return this.writeAt(bufs[0]!, offset);
+    if (!this.writable) throw new PolyvisorError('ERR_READ_ONLY', 'file is open read-only', { file: this.path, offset });
+    let total = 0;
+    for (const b of bufs) total += b.length;
+    let written: number;
+    try {
+      ({ bytesWritten: written } = await this.#fh.writev(bufs, offset));
+    } catch (e) {
+      throw fromSystemError(e, this.path, `write at ${hex(offset)}`);
+    }
+    if (written < total) {
+      // finish a short vectored write piece by piece
+      let pos = 0;
+      for (const b of bufs) {
+        const end = pos + b.length;
+        if (end > written) {
+          const from = Math.max(0, written - pos);
+          await this.writeAt(b.subarray(from), offset + pos + from);
+        }
+        pos = end;
+      }
+    }
+    if (offset + total > this.#size) this.#size = offset + total;
+  }
+
+  async truncate(size: number): Promise<void> {
+    try {
+      await this.#fh.truncate(size);
+    } catch (e) {
+      throw fromSystemError(e, this.path, 'truncate');
+    }
+    this.#size = size;
+  }
+
+  async sync(): Promise<void> {
+    try {
+      await this.#fh.datasync();
+    } catch (e) {
+      throw fromSystemError(e, this.path, 'sync');
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.#fh.close().catch(() => {});
+  }
+}
+
+/** Rounds `n` up to a multiple of `align` (a power of two or any positive integer). */
+export function alignUp(n: number, align: number): number {
+  return Math.ceil(n / align) * align;
+}
+
+export function alignDown(n: number, align: number): number {
+  return Math.floor(n / align) * align;
+}
+
+/** True when every byte of `buf` is zero. Uses memcmp against a shared zero page. */
+const ZERO = Buffer.alloc(1 << 16);
+export function isZero(buf: Uint8Array): boolean {
+  const b = Buffer.isBuffer(buf) ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
+  for (let pos = 0; pos < b.length; pos += ZERO.length) {
+    const end = Math.min(b.length, pos + ZERO.length);
+    if (b.compare(ZERO, 0, end - pos, pos, end) !== 0) return false;
+  }
+  return true;
+}
+
+/** Reads a big-endian u64 as a JS number, refusing values past 2^53 (no image is that large). */
+export function readU64BE(buf: Buffer, at: number, ctx: { file: string; structure: string; offset?: number }): number {
+  const v = buf.readBigUInt64BE(at);
+  if (v > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw new PolyvisorError('ERR_CORRUPT', `64-bit field at byte ${at} holds ${hex(v)}, beyond any real file`, { file: ctx.file, structure: ctx.structure, offset: ctx.offset });
+  }
+  return Number(v);
+}

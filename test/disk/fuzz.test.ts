@@ -1,0 +1,221 @@
+/**
+ * Mutation fuzzing of every image parser, differential against qemu-img.
+ *
+ * Valid images made by qemu-img are mutated (bytes flipped in metadata, fields set to
+ * extreme values, files truncated; VHD checksums recomputed half the time so mutations get
+ * past them). Each mutant is opened, mapped and read in full by Polyvisor. Every outcome
+ * must be either
+ *  - a PolyvisorError with a stable code whose message names the file, or
+ *  - data: and when qemu-img also reads the mutant, the same data as qemu-img.
+ * Anything else (a TypeError, a RangeError, a hang) fails the test with the seed that
+ * reproduces it. POLYVISOR_FUZZ_ITER=N runs more cases per base image.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { createHash } from 'node:crypto';
+import { mapChain, openImage } from '../../src/disk/chain.js';
+import { PolyvisorError } from '../../src/errors.js';
+import { imageDigest, qemuImg, qemuIo, tempDir } from '../helpers.js';
+
+const run = promisify(execFile);
+const ITER = Number(process.env.POLYVISOR_FUZZ_ITER ?? 100);
+const CASE_TIMEOUT_MS = 20_000;
+/** Mutants claiming a larger disk are opened and mapped, and read only in their first part. */
+const READ_LIMIT = 64 << 20;
+
+interface Base {
+  name: string;
+  make(dir: string): Promise<string>;
+  /** where metadata lives, as [start, end) byte ranges, given the file size */
+  hot(size: number): Array<[number, number]>;
+  vhd?: boolean;
+}
+
+const PATTERN = ['write -P 0x11 0 64k', 'write -P 0x22 300k 700k', 'write -P 0x33 2M 4k', 'write -z 320k 64k', 'write -P 0x44 4032k 64k'];
+
+const BASES: Base[] = [
+  {
+    name: 'qcow2-v3-4k',
+    async make(dir) {
+      const f = join(dir, 'base.qcow2');
+      await qemuImg('create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4k', f, '4M');
+      await qemuIo(f, 'qcow2', ...PATTERN);
+      return f;
+    },
+    hot: () => [[0, 32 << 10]],
+  },
+  {
+    name: 'qcow2-compressed-backing',
+    async make(dir) {
+      const raw = join(dir, 'src.raw');
+      await qemuImg('create', '-q', '-f', 'raw', raw, '4M');
+      await qemuIo(raw, 'raw', ...PATTERN);
+      await qemuImg('convert', '-q', '-c', '-f', 'raw', '-O', 'qcow2', '-o', 'cluster_size=16k', raw, join(dir, 'parent.qcow2'));
+      const f = join(dir, 'base.qcow2');
+      await qemuImg('create', '-q', '-f', 'qcow2', '-o', 'cluster_size=16k,compat=0.10', '-b', 'parent.qcow2', '-F', 'qcow2', f);
+      await qemuIo(f, 'qcow2', 'write -P 0x55 16k 40k');
+      return f;
+    },
+    hot: () => [[0, 96 << 10]],
+  },
+  {
+    name: 'vhd-dynamic',
+    vhd: true,
+    async make(dir) {
+      const f = join(dir, 'base.vhd');
+      await qemuImg('create', '-q', '-f', 'vpc', '-o', 'subformat=dynamic', f, '4M');
+      await qemuIo(f, 'vpc', ...PATTERN);
+      return f;
+    },
+    hot: (size) => [
+      [0, 3 << 10],
+      [size - 512, size],
+    ],
+  },
+  {
+    name: 'vhd-fixed',
+    vhd: true,
+    async make(dir) {
+      const f = join(dir, 'base.vhd');
+      await qemuImg('create', '-q', '-f', 'vpc', '-o', 'subformat=fixed,force_size=on', f, '4M');
+      await qemuIo(f, 'vpc', ...PATTERN);
+      return f;
+    },
+    hot: (size) => [[size - 512, size]],
+  },
+];
+
+/** xorshift32: every case is reproducible from its seed. */
+function rng(seed: number) {
+  let x = seed >>> 0 || 0x9e3779b9;
+  return (n: number) => {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    return x % n;
+  };
+}
+
+const INTERESTING_32 = [0, 1, 0x7f, 0x80, 0xff, 0x200, 0x1000, 0x10000, 0x7fffffff, 0x80000000, 0xfffffffe, 0xffffffff];
+
+function mutate(orig: Buffer, base: Base, seed: number): Buffer {
+  const r = rng(seed);
+  let buf = Buffer.from(orig);
+  const hot = base.hot(buf.length);
+  const pick = () => {
+    const [s, e] = hot[r(hot.length)]!;
+    return s + r(Math.max(1, Math.min(e, buf.length) - s));
+  };
+  const kind = r(10);
+  if (kind < 4) {
+    const n = 1 + r(4);
+    for (let i = 0; i < n; i++) buf[pick()] ^= 1 << r(8);
+  } else if (kind < 8) {
+    const at = pick() & ~3;
+    if (at + 8 <= buf.length) {
+      if (r(2)) buf.writeUInt32BE(INTERESTING_32[r(INTERESTING_32.length)]!, at);
+      else buf.writeBigUInt64BE(BigInt(INTERESTING_32[r(INTERESTING_32.length)]!) * BigInt(1 + r(1 << 20)), at);
+    }
+  } else if (kind < 9) {
+    buf = buf.subarray(0, r(buf.length));
+  } else {
+    buf = Buffer.concat([buf, Buffer.alloc(1 + r(4096), r(256))]);
+  }
+  if (base.vhd && r(2) === 0) fixVhdChecksums(buf);
+  return buf;
+}
+
+/** Recomputes the VHD footer (and its copy) and dynamic header checksums. */
+function fixVhdChecksums(buf: Buffer): void {
+  const sum = (s: number, len: number, at: number) => {
+    let c = 0;
+    for (let i = s; i < s + len; i++) if (i < at || i >= at + 4) c += buf[i]!;
+    buf.writeUInt32BE(~c >>> 0, at);
+  };
+  if (buf.length >= 512 && buf.toString('latin1', buf.length - 512, buf.length - 504) === 'conectix') sum(buf.length - 512, 512, buf.length - 512 + 64);
+  if (buf.length >= 512 && buf.toString('latin1', 0, 8) === 'conectix') {
+    sum(0, 512, 64);
+    if (buf.length >= 512 + 1024 && buf.toString('latin1', 512, 520) === 'cxsparse') sum(512, 1024, 512 + 36);
+  }
+}
+
+type Outcome = { ok: true; digest: string | null } | { ok: false; error: unknown };
+
+async function readWithPolyvisor(file: string): Promise<Outcome> {
+  try {
+    const img = await openImage(file);
+    try {
+      let covered = 0;
+      let extents = 0;
+      for await (const e of mapChain(img)) {
+        covered += e.length;
+        if (++extents > 1_000_000) throw new Error('extent map does not end');
+      }
+      assert.equal(covered, img.virtualSize, 'the extent map covers the disk exactly');
+      if (img.virtualSize > READ_LIMIT) {
+        await img.read(Buffer.alloc(1 << 20), 0);
+        return { ok: true, digest: null };
+      }
+      return { ok: true, digest: await imageDigest(img) };
+    } finally {
+      await img.close();
+    }
+  } catch (error) {
+    return { ok: false, error };
+  }
+}
+
+async function readWithQemu(file: string, dir: string): Promise<string | null> {
+  const out = join(dir, 'qemu-out.raw');
+  try {
+    await run('qemu-img', ['convert', '-O', 'raw', file, out], { timeout: 20_000 });
+    const h = createHash('sha256').update(await readFile(out)).digest('hex');
+    return h;
+  } catch {
+    return null;
+  } finally {
+    await rm(out, { force: true });
+  }
+}
+
+for (const base of BASES) {
+  test(`fuzz: ${ITER} mutants of ${base.name}`, { timeout: ITER * CASE_TIMEOUT_MS }, async (t) => {
+    const dir = await tempDir(t);
+    const orig = await readFile(await base.make(dir));
+    const stats = { errors: new Map<string, number>(), agreed: 0, onlyUs: 0 };
+    for (let i = 0; i < ITER; i++) {
+      const seed = (base.name.length * 7919 + i * 104729) >>> 0;
+      const file = join(dir, `mutant.${base.vhd ? 'vhd' : 'qcow2'}`);
+      await writeFile(file, mutate(orig, base, seed));
+      let timer: NodeJS.Timeout | undefined;
+      const outcome = await Promise.race([
+        readWithPolyvisor(file),
+        new Promise<Outcome>((_, rej) => {
+          timer = setTimeout(() => rej(new Error(`${base.name} seed ${seed}: no answer within ${CASE_TIMEOUT_MS} ms`)), CASE_TIMEOUT_MS);
+        }),
+      ]).finally(() => clearTimeout(timer));
+      if (!outcome.ok) {
+        const e = outcome.error;
+        assert.ok(e instanceof PolyvisorError, `${base.name} seed ${seed}: not a PolyvisorError: ${(e as Error)?.stack ?? e}`);
+        assert.ok(e.message.includes(dir), `${base.name} seed ${seed}: message does not name the file: ${e.message}`);
+        stats.errors.set(e.code, (stats.errors.get(e.code) ?? 0) + 1);
+        continue;
+      }
+      if (outcome.digest === null) continue;
+      const theirs = await readWithQemu(file, dir);
+      if (theirs === null) {
+        stats.onlyUs++;
+        continue;
+      }
+      assert.equal(outcome.digest, theirs, `${base.name} seed ${seed}: Polyvisor and qemu-img read different data`);
+      stats.agreed++;
+    }
+    t.diagnostic(`${base.name}: ${stats.agreed} read the same as qemu-img, ${stats.onlyUs} read only by Polyvisor, errors ${JSON.stringify(Object.fromEntries(stats.errors))}`);
+  });
+}

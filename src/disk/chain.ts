@@ -102,7 +102,9 @@ async function resolveBacking(childPath: string, candidates: string[], opts: Ope
   const tried: string[] = [];
   for (const name of candidates) {
     if (!name) continue;
-    if (/^[a-z][a-z0-9+.-]*:(?![\\/])/i.test(name) && !/^[a-z]:[\\/]/i.test(name)) {
+    // "nbd://host", "json:{...}", "http:..." are protocols; a single letter before the colon
+    // is a Windows drive ("C:\\vms\\parent.vhd"), which a VHD parent locator may hold.
+    if (/^[a-z][a-z0-9+.-]+:/i.test(name)) {
       throw new PolyvisorError('ERR_UNSUPPORTED', `backing file "${name}" is a protocol or json: name; only plain files are followed`, { file: childPath });
     }
     const abs = isAbsolute(name) ? name : resolve(folder, name);

@@ -129,10 +129,14 @@ test('Ctrl-C during convert leaves no destination and no temporary file', async 
   await writeFile(join(dir, 'big.raw'), patternBytes(192 << 20, 9));
   const child = spawn(process.execPath, [CLI, 'disk', 'convert', '-p', '-O', 'qcow2', 'big.raw', 'out.qcow2'], { cwd: dir });
   let err = '';
+  let sent = false;
   child.stderr.on('data', (d) => {
     err += d;
     // progress lines arrive on a pipe every 10%: interrupt after the first one past 0%
-    if (/convert: [1-9]0%/.test(err)) child.kill('SIGINT');
+    if (!sent && /convert: [1-9]0%/.test(err)) {
+      sent = true;
+      child.kill('SIGINT');
+    }
   });
   const status = await new Promise<number | null>((res) => child.on('close', res));
   assert.equal(status, 130, err);

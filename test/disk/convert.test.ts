@@ -12,6 +12,7 @@ import { openImage } from '../../src/disk/chain.js';
 import { convert } from '../../src/disk/convert.js';
 import { compareImages } from '../../src/disk/compare.js';
 import { isPolyvisorError } from '../../src/errors.js';
+import type { BlockImage } from '../../src/disk/image.js';
 import { imageDigest, qemuDigest, qemuImg, qemuImgStatus, qemuIo, tempDir, patternBytes } from '../helpers.js';
 
 const SIZE = 32 << 20;
@@ -134,14 +135,24 @@ test('convert: a source that fails half-way leaves nothing behind', async (t) =>
   const src = await openImage(srcPath);
   t.after(() => src.close());
   // A reader that breaks after 3 MiB stands in for a disk that fails mid-copy.
-  const failing = Object.create(src, {
-    read: {
-      value: async (buf: Uint8Array, off: number) => {
-        if (off >= 3 << 20) throw new Error('simulated read failure');
-        return src.read(buf, off);
-      },
+  const failing: BlockImage = {
+    format: src.format,
+    path: src.path,
+    virtualSize: src.virtualSize,
+    readOnly: true,
+    clusterSize: src.clusterSize,
+    backing: null,
+    backingRef: null,
+    blockStatus: (o, l) => src.blockStatus(o, l),
+    read: async (buf, off) => {
+      if (off >= 3 << 20) throw new Error('simulated read failure');
+      return src.read(buf, off);
     },
-  });
+    write: (buf, off) => src.write(buf, off),
+    flush: () => src.flush(),
+    close: () => src.close(),
+    formatInfo: () => ({}),
+  };
   const dst = join(dir, 'dst.vhd');
   await assert.rejects(convert(failing, dst, 'vhd', { chunkSize: 1 << 20 }), /simulated read failure/);
   assert.deepEqual(await readdir(dir), ['src.raw']);

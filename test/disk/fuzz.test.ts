@@ -13,7 +13,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { createHash } from 'node:crypto';
@@ -26,6 +26,7 @@ const ITER = Number(process.env.POLYVISOR_FUZZ_ITER ?? 100);
 const CASE_TIMEOUT_MS = 20_000;
 /** Mutants claiming a larger disk are opened and mapped, and read only in their first part. */
 const READ_LIMIT = 64 << 20;
+const FAILURES = join(process.cwd(), '.cache', 'fuzz-failures');
 
 interface Base {
   name: string;
@@ -145,7 +146,7 @@ function fixVhdChecksums(buf: Buffer): void {
   }
 }
 
-type Outcome = { ok: true; digest: string | null } | { ok: false; error: unknown };
+type Outcome = { ok: true; digest: string | null; format: string; size: number } | { ok: false; error: unknown };
 
 async function readWithPolyvisor(file: string): Promise<Outcome> {
   try {
@@ -160,9 +161,9 @@ async function readWithPolyvisor(file: string): Promise<Outcome> {
       assert.equal(covered, img.virtualSize, 'the extent map covers the disk exactly');
       if (img.virtualSize > READ_LIMIT) {
         await img.read(Buffer.alloc(1 << 20), 0);
-        return { ok: true, digest: null };
+        return { ok: true, digest: null, format: img.format, size: img.virtualSize };
       }
-      return { ok: true, digest: await imageDigest(img) };
+      return { ok: true, digest: await imageDigest(img), format: img.format, size: img.virtualSize };
     } finally {
       await img.close();
     }
@@ -171,12 +172,19 @@ async function readWithPolyvisor(file: string): Promise<Outcome> {
   }
 }
 
-async function readWithQemu(file: string, dir: string): Promise<string | null> {
+/**
+ * qemu-img reads the mutant as the format Polyvisor detected (qemu's own probe takes a fixed
+ * VHD for raw). qemu-img pads a raw output to whole 512-byte sectors: the padding must be zero
+ * and is not part of the comparison.
+ */
+async function readWithQemu(file: string, format: string, size: number, dir: string): Promise<string | null> {
   const out = join(dir, 'qemu-out.raw');
+  const qfmt = format === 'vhd' ? 'vpc' : format;
   try {
-    await run('qemu-img', ['convert', '-O', 'raw', file, out], { timeout: 20_000 });
-    const h = createHash('sha256').update(await readFile(out)).digest('hex');
-    return h;
+    await run('qemu-img', ['convert', '-f', qfmt, '-O', 'raw', file, out], { timeout: 20_000 });
+    const data = await readFile(out);
+    if (data.length < size || data.length - size >= 512 || data.subarray(size).some((b) => b !== 0)) return `qemu-img read ${data.length} bytes`;
+    return createHash('sha256').update(data.subarray(0, size)).digest('hex');
   } catch {
     return null;
   } finally {
@@ -200,19 +208,26 @@ for (const base of BASES) {
           timer = setTimeout(() => rej(new Error(`${base.name} seed ${seed}: no answer within ${CASE_TIMEOUT_MS} ms`)), CASE_TIMEOUT_MS);
         }),
       ]).finally(() => clearTimeout(timer));
+      const keep = async () => {
+        // the mutant that failed, kept for reproduction (the temporary folder is removed)
+        await mkdir(FAILURES, { recursive: true });
+        await copyFile(file, join(FAILURES, `${base.name}-${seed}.${base.vhd ? 'vhd' : 'qcow2'}`));
+      };
       if (!outcome.ok) {
         const e = outcome.error;
+        if (!(e instanceof PolyvisorError) || !e.message.includes(dir)) await keep();
         assert.ok(e instanceof PolyvisorError, `${base.name} seed ${seed}: not a PolyvisorError: ${(e as Error)?.stack ?? e}`);
         assert.ok(e.message.includes(dir), `${base.name} seed ${seed}: message does not name the file: ${e.message}`);
         stats.errors.set(e.code, (stats.errors.get(e.code) ?? 0) + 1);
         continue;
       }
       if (outcome.digest === null) continue;
-      const theirs = await readWithQemu(file, dir);
+      const theirs = await readWithQemu(file, outcome.format, outcome.size, dir);
       if (theirs === null) {
         stats.onlyUs++;
         continue;
       }
+      if (outcome.digest !== theirs) await keep();
       assert.equal(outcome.digest, theirs, `${base.name} seed ${seed}: Polyvisor and qemu-img read different data`);
       stats.agreed++;
     }

@@ -127,6 +127,11 @@ export function diskCommand(): Command {
     .option('-c, --compress', 'compress the output data (qcow2)')
     .option('-p, --progress', 'show a progress bar')
     .option('-S, --sparse-size <size>', 'zero runs at least this long are left unallocated; 0 writes every byte', '4k')
+    .addOption(
+      new Option('-t, --cache <mode>', 'writeback: the output is on disk (fdatasync) before it is renamed into place; unsafe: skip fdatasync, as qemu-img convert does by default')
+        .choices(['writeback', 'unsafe'])
+        .default('writeback'),
+    )
     .option('--force', 'replace an existing destination')
     .option('-q, --quiet', 'print nothing on success')
     .addOption(jsonOption())
@@ -143,6 +148,7 @@ export function diskCommand(): Command {
               compress: !!o.compress,
               force: !!o.force,
               sparseSize: parseSize(o.sparseSize, '-S'),
+              cache: o.cache,
               signal,
               onProgress: (d, t) => progress.update(d, t),
             }),

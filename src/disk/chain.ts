@@ -15,7 +15,7 @@ import { realpath } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve, sep } from 'node:path';
 import { PolyvisorError, fromSystemError } from '../errors.js';
 import type { BlockImage, Extent } from './image.js';
-import type { DiskFormat, OpenContext, OpenOptions } from './format.js';
+import type { CacheMode, DiskFormat, OpenContext, OpenOptions } from './format.js';
 import { ImageFile } from './io.js';
 import { findFormat, parseCreateOptions, probeFormat } from './registry.js';
 
@@ -137,6 +137,7 @@ export interface CreateImageOptions {
   backingFile?: string;
   backingFormat?: string;
   allowOutsidePaths?: boolean;
+  cache?: CacheMode;
 }
 
 /**
@@ -167,7 +168,7 @@ export async function createImage(path: string, formatName: string, size: number
     throw new PolyvisorError('ERR_USAGE', `invalid size ${virtualSize}`, { file: path });
   }
   try {
-    return await format.create({ path, virtualSize, options, backing });
+    return await format.create({ path, virtualSize, options, backing, cache: opts.cache });
   } catch (e) {
     await backing?.image.close();
     throw e;

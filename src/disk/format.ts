@@ -58,6 +58,14 @@ export interface OpenContext {
   openBacking(candidates: string[], format?: string): Promise<BlockImage | null>;
 }
 
+/**
+ * qemu's cache modes, for images Polyvisor writes. `writeback` (the default): flush() makes
+ * data durable (fdatasync), and a finished output is durable before it is renamed into place.
+ * `unsafe`: no fdatasync at all, as `qemu-img convert` does by default; the rename is still
+ * atomic, but a power cut soon after may lose the output's content.
+ */
+export type CacheMode = 'writeback' | 'unsafe';
+
 export interface CreateContext {
   /** the path to create (a temporary name during convert; never an existing file) */
   path: string;
@@ -67,6 +75,8 @@ export interface CreateContext {
   options: Readonly<Record<string, string>>;
   /** the backing image for a new overlay: the name to record, its format, and the open image */
   backing?: { name: string; format: string; image: BlockImage };
+  /** how flush() treats durability; pass it to ImageFile.create */
+  cache?: CacheMode;
 }
 
 export interface DiskFormat {

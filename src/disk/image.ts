@@ -88,7 +88,10 @@ export interface BlockImage {
    */
   writeZeroes?(offset: number, length: number): Promise<void>;
 
-  /** Writes all metadata this layer holds in memory, so that the file is complete. */
+  /**
+   * Writes all metadata this layer holds in memory, so that the file is complete, and makes
+   * it durable (fdatasync) unless the image was created with cache mode 'unsafe'.
+   */
   flush(): Promise<void>;
 
   /** Flushes (when writable) and closes this layer and its backing chain. */

@@ -97,7 +97,7 @@ async function createQcow2(ctx: CreateContext): Promise<BlockImage> {
   if (l1Size > MAX_L1_ENTRIES) throw invalid(`a ${size}-byte disk needs ${l1Size} L1 entries, beyond the 32 MiB L1 limit; use a larger cluster_size`);
 
   const backingFormat = ctx.backing ? (TO_QEMU_FORMAT[ctx.backing.format] ?? ctx.backing.format) : undefined;
-  const file = await ImageFile.create(ctx.path);
+  const file = await ImageFile.create(ctx.path, ctx.cache);
   try {
     const rc = new Refcounts(ctx.path, cb, order, 0);
     rc.allocate(1); // header cluster

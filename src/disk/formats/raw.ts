@@ -103,7 +103,7 @@ export const raw: DiskFormat = {
   },
 
   async create(ctx: CreateContext): Promise<BlockImage> {
-    const file = await ImageFile.create(ctx.path);
+    const file = await ImageFile.create(ctx.path, ctx.cache);
     try {
       if (ctx.options.preallocation === 'full') {
         const chunk = Buffer.alloc(Math.min(8 << 20, Math.max(1, ctx.virtualSize)));

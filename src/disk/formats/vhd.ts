@@ -1023,7 +1023,7 @@ async function createVhd(ctx: CreateContext): Promise<VhdImage> {
     parentTimestamp = toVhdTime((await stat(abs)).mtimeMs);
   }
 
-  const file = await ImageFile.create(path);
+  const file = await ImageFile.create(path, ctx.cache);
   try {
     if (subformat === 'fixed') {
       // A fixed VHD is the disk then the footer; the data starts as a hole.

@@ -4,13 +4,11 @@
  * lives here.
  */
 import { Command, Option } from 'commander';
-import { stat, unlink } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { PolyvisorError } from '../errors.js';
-import { createImage, openImage } from '../disk/chain.js';
+import { openImage } from '../disk/chain.js';
 import { compareImages } from '../disk/compare.js';
-import { convert, durableRename } from '../disk/convert.js';
+import { convert } from '../disk/convert.js';
+import { createOutput } from '../disk/output.js';
 import type { BlockImage } from '../disk/image.js';
 import { chainInfo, imageInfo, type ImageInfo } from '../disk/info.js';
 import { mapImage } from '../disk/map.js';
@@ -85,22 +83,16 @@ export function diskCommand(): Command {
     .action(async (file: string, sizeText: string | undefined, o) => {
       if (o.options.includes('help')) return out(optionHelp(o.format));
       const size = sizeText === undefined ? undefined : parseSize(sizeText);
-      if (!o.force && (await exists(file))) throw new PolyvisorError('ERR_EXISTS', 'file exists; pass --force to replace it', { file });
-      // Created under a temporary name beside the destination and renamed when complete.
-      const tmp = join(dirname(file), `.${basename(file)}.${randomBytes(4).toString('hex')}.pv-partial`);
-      let img: BlockImage | null = null;
+      const output = await createOutput(file, o.format, size, {
+        options: o.options,
+        backingFile: o.backing,
+        backingFormat: o.backingFormat,
+        allowOutsidePaths: o.allowOutsidePaths,
+        force: o.force,
+      });
       try {
-        img = await createImage(tmp, o.format, size, {
-          options: o.options,
-          backingFile: o.backing,
-          backingFormat: o.backingFormat,
-          allowOutsidePaths: o.allowOutsidePaths,
-        });
-        const result = { filename: file, format: img.format, 'virtual-size': img.virtualSize, 'backing-filename': o.backing };
-        const done = img;
-        img = null;
-        await done.close();
-        await durableRename(tmp, file);
+        const result = { filename: file, format: output.image.format, 'virtual-size': output.image.virtualSize, 'backing-filename': o.backing, files: output.files() };
+        await output.commit();
         if (o.json) out(JSON.stringify(result, null, 2));
         else if (!o.quiet) {
           const extra = o.backing ? ` backing_file=${o.backing}` : '';
@@ -110,8 +102,7 @@ export function diskCommand(): Command {
           }
         }
       } catch (e) {
-        if (img) await img.close().catch(() => {});
-        await unlink(tmp).catch(() => {});
+        await output.abort();
         throw e;
       }
     });
@@ -317,13 +308,4 @@ function optionHelp(formatName: string): string {
   }
   if (f.createOptions.length === 0) lines.push('  (none)');
   return lines.join('\n');
-}
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    await stat(p);
-    return true;
-  } catch {
-    return false;
-  }
 }

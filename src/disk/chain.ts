@@ -12,7 +12,7 @@
  * - a chain is at most maxChainDepth images deep, and no file appears twice.
  */
 import { realpath } from 'node:fs/promises';
-import { dirname, isAbsolute, resolve, sep } from 'node:path';
+import { basename, dirname, isAbsolute, join, resolve, sep } from 'node:path';
 import { PolyvisorError, fromSystemError } from '../errors.js';
 import type { BlockImage, Extent } from './image.js';
 import type { CacheMode, DiskFormat, OpenContext, OpenOptions } from './format.js';
@@ -85,8 +85,12 @@ async function openLayer(path: string, formatName: string | undefined, opts: Ope
       readOnly: !writable,
       openBacking: async (candidates, backingFormat) => {
         if (opts.noBacking) return null;
-        const target = await resolveBacking(path, candidates, opts);
+        const target = await resolveReferenced(path, candidates, opts, 'backing file');
         return openLayer(target, backingFormat, opts, { depth: chain.depth + 1, seen: chain.seen });
+      },
+      openFile: async (name) => {
+        const target = await resolveReferenced(path, [name], opts, 'extent file');
+        return ImageFile.open(target, writable);
       },
     };
     return await format.open(ctx);
@@ -97,7 +101,7 @@ async function openLayer(path: string, formatName: string | undefined, opts: Ope
 }
 
 /** Picks the first candidate name that exists, enforcing the folder rule. */
-async function resolveBacking(childPath: string, candidates: string[], opts: OpenOptions): Promise<string> {
+async function resolveReferenced(childPath: string, candidates: string[], opts: OpenOptions, what: string): Promise<string> {
   const folder = dirname(resolve(childPath));
   const tried: string[] = [];
   for (const name of candidates) {
@@ -105,7 +109,7 @@ async function resolveBacking(childPath: string, candidates: string[], opts: Ope
     // "nbd://host", "json:{...}", "http:..." are protocols; a single letter before the colon
     // is a Windows drive ("C:\\vms\\parent.vhd"), which a VHD parent locator may hold.
     if (/^[a-z][a-z0-9+.-]+:/i.test(name)) {
-      throw new PolyvisorError('ERR_UNSUPPORTED', `backing file "${name}" is a protocol or json: name; only plain files are followed`, { file: childPath });
+      throw new PolyvisorError('ERR_UNSUPPORTED', `${what} "${name}" is a protocol or json: name; only plain files are followed`, { file: childPath });
     }
     const abs = isAbsolute(name) ? name : resolve(folder, name);
     let real: string;
@@ -120,14 +124,14 @@ async function resolveBacking(childPath: string, candidates: string[], opts: Ope
       if (real !== realFolder && !real.startsWith(realFolder.endsWith(sep) ? realFolder : realFolder + sep)) {
         throw new PolyvisorError(
           'ERR_PATH_OUTSIDE',
-          `backing file "${name}" resolves to ${real}, outside the image's folder ${realFolder}; pass --allow-outside-paths (or allowOutsidePaths) to follow it`,
+          `${what} "${name}" resolves to ${real}, outside the image's folder ${realFolder}; pass --allow-outside-paths (or allowOutsidePaths) to follow it`,
           { file: childPath },
         );
       }
     }
     return abs;
   }
-  throw new PolyvisorError('ERR_NOT_FOUND', `backing file not found (tried: ${tried.map((t) => `"${t}"`).join(', ') || 'no names recorded'})`, { file: childPath });
+  throw new PolyvisorError('ERR_NOT_FOUND', `${what} not found (tried: ${tried.map((t) => `"${t}"`).join(', ') || 'no names recorded'})`, { file: childPath });
 }
 
 export interface CreateImageOptions {
@@ -138,6 +142,10 @@ export interface CreateImageOptions {
   backingFormat?: string;
   allowOutsidePaths?: boolean;
   cache?: CacheMode;
+  /** the name the image will have when complete (default: path); see CreateContext.finalPath */
+  finalPath?: string;
+  /** creates companion files (default: directly at their final names); see CreateContext.companion */
+  companion?: (name: string) => Promise<ImageFile>;
 }
 
 /**
@@ -168,11 +176,23 @@ export async function createImage(path: string, formatName: string, size: number
     throw new PolyvisorError('ERR_USAGE', `invalid size ${virtualSize}`, { file: path });
   }
   try {
-    return await format.create({ path, virtualSize, options, backing, cache: opts.cache });
+    const companion = opts.companion ?? ((name: string) => ImageFile.create(companionPath(path, name), opts.cache));
+    return await format.create({ path, virtualSize, options, backing, cache: opts.cache, finalPath: opts.finalPath ?? path, companion });
   } catch (e) {
     await backing?.image.close();
     throw e;
   }
+}
+
+/**
+ * Where a companion file named `name` goes: beside the image. Only plain file names are
+ * accepted, so a format can never be made to write outside the destination folder.
+ */
+export function companionPath(imagePath: string, name: string): string {
+  if (!name || name !== basename(name) || name === '.' || name === '..' || name.includes('\\')) {
+    throw new PolyvisorError('ERR_INTERNAL', `companion file name "${name}" is not a plain file name`, { file: imagePath });
+  }
+  return join(dirname(resolve(imagePath)), name);
 }
 
 /** An extent of guest data after resolving the chain: where it comes from, and whether it is data. */

@@ -11,11 +11,9 @@
  * - Writes arrive in ascending guest order, which lets every writer append data runs
  *   contiguously and in one system call.
  */
-import { randomBytes } from 'node:crypto';
-import { open, rename, stat, unlink } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
-import { PolyvisorError, fromSystemError } from '../errors.js';
-import { createImage, mapChain } from './chain.js';
+import { PolyvisorError } from '../errors.js';
+import { mapChain } from './chain.js';
+import { createOutput } from './output.js';
 import type { BlockImage } from './image.js';
 import { isZero } from './io.js';
 import { findFormat } from './registry.js';
@@ -50,6 +48,8 @@ export interface ConvertResult {
   bytesWritten: number;
   /** guest bytes skipped because they read as zeroes */
   bytesZero: number;
+  /** every file written, the image first (a VMDK's extents follow it) */
+  files: string[];
 }
 
 const DEFAULT_CHUNK = 8 << 20;
@@ -92,25 +92,15 @@ export async function convert(src: BlockImage, dstPath: string, outFormat: strin
     if (!format.capabilities.compression) throw new PolyvisorError('ERR_UNSUPPORTED', `${format.name} images cannot store compressed data (-c)`);
     options.push('compress=on');
   }
-  if (!opts.force && (await exists(dstPath))) {
-    throw new PolyvisorError('ERR_EXISTS', 'destination exists; pass --force to replace it', { file: dstPath });
-  }
   opts.signal?.throwIfAborted();
-
-  const tmp = join(dirname(dstPath), `.${basename(dstPath)}.${randomBytes(4).toString('hex')}.pv-partial`);
-  let dst: BlockImage | null = null;
+  const output = await createOutput(dstPath, format.name, src.virtualSize, { options, cache: opts.cache, force: opts.force });
   try {
-    dst = await createImage(tmp, format.name, src.virtualSize, { options, cache: opts.cache });
-    const result = await copy(src, dst, chunk, sparse, format.capabilities.zeroInit, opts);
-    const out = dst;
-    dst = null;
-    await out.close();
+    const result = await copy(src, output.image, chunk, sparse, format.capabilities.zeroInit, opts);
     opts.signal?.throwIfAborted();
-    await durableRename(tmp, dstPath, opts.cache);
-    return { path: dstPath, format: format.name, virtualSize: out.virtualSize, ...result };
+    await output.commit();
+    return { path: dstPath, format: format.name, virtualSize: output.image.virtualSize, files: output.files(), ...result };
   } catch (e) {
-    if (dst) await dst.close().catch(() => {});
-    await unlink(tmp).catch(() => {});
+    await output.abort();
     if (opts.signal?.aborted) throw new PolyvisorError('ERR_ABORTED', 'conversion cancelled; no destination was written', { file: dstPath });
     throw e;
   }
@@ -211,48 +201,5 @@ export async function writeZeroes(dst: BlockImage, offset: number, length: numbe
   if (dst.writeZeroes) return dst.writeZeroes(offset, length);
   for (let pos = offset; pos < offset + length; pos += ZERO_CHUNK.length) {
     await dst.write(ZERO_CHUNK.subarray(0, Math.min(ZERO_CHUNK.length, offset + length - pos)), pos);
-  }
-}
-
-/**
- * Makes the finished temporary file durable, renames it over the destination, and makes
- * the rename durable: after a crash there is either the old destination or the whole new one.
- */
-export async function durableRename(tmp: string, dst: string, cache: CacheMode = 'writeback'): Promise<void> {
-  if (cache === 'unsafe') {
-    try {
-      await rename(tmp, dst);
-    } catch (e) {
-      throw fromSystemError(e, dst, 'write into place');
-    }
-    return;
-  }
-  try {
-    const fh = await open(tmp, 'r+');
-    try {
-      await fh.datasync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, dst);
-    const dir = await open(dirname(dst), 'r');
-    try {
-      await dir.sync();
-    } catch {
-      // some file systems cannot sync a directory; the rename itself is still atomic
-    } finally {
-      await dir.close();
-    }
-  } catch (e) {
-    throw fromSystemError(e, dst, 'write into place');
-  }
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
   }
 }

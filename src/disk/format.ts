@@ -56,6 +56,12 @@ export interface OpenContext {
    * the image's folder. Returns null when the caller asked not to open backing files.
    */
   openBacking(candidates: string[], format?: string): Promise<BlockImage | null>;
+  /**
+   * Opens a file this image is made of (a VMDK extent), named as the image records it
+   * (relative names are relative to this image's folder). Enforces the folder rule like
+   * openBacking; opened writable when the image is.
+   */
+  openFile(name: string): Promise<ImageFile>;
 }
 
 /**
@@ -77,6 +83,17 @@ export interface CreateContext {
   backing?: { name: string; format: string; image: BlockImage };
   /** how flush() treats durability; pass it to ImageFile.create */
   cache?: CacheMode;
+  /**
+   * The name the image will have once complete. During a conversion `path` is a temporary
+   * name beside it: record `finalPath`'s base name, never `path`'s, in descriptors.
+   */
+  finalPath: string;
+  /**
+   * Creates a file that belongs to the image (a VMDK extent or descriptor), given its final
+   * name relative to the image's folder. It is written under a temporary name and renamed
+   * together with the image when the output is committed, or removed if it is abandoned.
+   */
+  companion(name: string): Promise<ImageFile>;
 }
 
 export interface DiskFormat {

@@ -3,7 +3,7 @@
  * run, on the same inputs, to the same file system:
  *  (a) a 2 GiB dense raw image of random bytes;
  *  (b) a 16 GiB qcow2 with 1.6 GiB allocated in 160 runs of 10 MiB;
- * each converted to raw, qcow2 and VHD. Every conversion runs as its own process under GNU
+ * each converted to raw, qcow2, VHD, VHDX, VMDK (monolithicSparse and streamOptimized) and VDI. Every conversion runs as its own process under GNU
  * time, which gives wall time and peak resident memory; outputs are deleted and the page
  * cache is synced between runs.
  *
@@ -13,8 +13,9 @@
  * Polyvisor's default (`-t writeback`: the output is on disk before it is renamed into
  * place) is measured and shown beside it. Writes bench/results.json.
  *
- * Options (environment): BENCH_DIR (default .cache/bench), BENCH_REPEAT (default 1; the
- * median is reported), BENCH_CASES (comma list of a,b), BENCH_OUTPUTS (raw,qcow2,vhd).
+ * Options (environment): BENCH_DIR (default .cache/bench), BENCH_REPEAT (default 3; the
+ * median is reported), BENCH_CASES (comma list of a,b), BENCH_OUTPUTS (comma list of the
+ * FORMATS keys below).
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, rmSync, statSync, writeFileSync, openSync, writeSync, closeSync } from 'node:fs';
@@ -27,7 +28,7 @@ const CLI = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 const DIR = resolve(process.env.BENCH_DIR ?? '.cache/bench');
 const REPEAT = Number(process.env.BENCH_REPEAT ?? 3);
 const CASES = (process.env.BENCH_CASES ?? 'a,b').split(',');
-const OUTPUTS = (process.env.BENCH_OUTPUTS ?? 'raw,qcow2,vhd').split(',');
+const OUTPUTS = (process.env.BENCH_OUTPUTS ?? 'raw,qcow2,vhd,vhdx,vmdk,vmdk-stream,vdi').split(',');
 const GiB = 1 << 30;
 const MiB = 1 << 20;
 
@@ -36,6 +37,10 @@ const FORMATS: Record<string, { qemu: string[]; pv: string[] }> = {
   raw: { qemu: ['-O', 'raw'], pv: ['-O', 'raw'] },
   qcow2: { qemu: ['-O', 'qcow2'], pv: ['-O', 'qcow2'] },
   vhd: { qemu: ['-O', 'vpc', '-o', 'subformat=dynamic,force_size=on'], pv: ['-O', 'vhd', '-o', 'subformat=dynamic'] },
+  vhdx: { qemu: ['-O', 'vhdx'], pv: ['-O', 'vhdx'] },
+  vmdk: { qemu: ['-O', 'vmdk', '-o', 'subformat=monolithicSparse'], pv: ['-O', 'vmdk', '-o', 'subformat=monolithicSparse'] },
+  'vmdk-stream': { qemu: ['-O', 'vmdk', '-o', 'subformat=streamOptimized'], pv: ['-O', 'vmdk', '-o', 'subformat=streamOptimized'] },
+  vdi: { qemu: ['-O', 'vdi'], pv: ['-O', 'vdi'] },
 };
 
 interface Sample {

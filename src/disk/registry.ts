@@ -8,8 +8,11 @@ import type { DiskFormat } from './format.js';
 import { raw } from './formats/raw.js';
 import { qcow2 } from './formats/qcow2.js';
 import { vhd } from './formats/vhd.js';
+import { vhdx } from './formats/vhdx.js';
+import { vmdk } from './formats/vmdk.js';
+import { vdi } from './formats/vdi.js';
 
-export const FORMATS: readonly DiskFormat[] = [raw, qcow2, vhd];
+export const FORMATS: readonly DiskFormat[] = [raw, qcow2, vhd, vhdx, vmdk, vdi];
 
 export function findFormat(name: string): DiskFormat {
   const n = name.toLowerCase();

@@ -15,32 +15,60 @@ import { isPolyvisorError } from '../../src/errors.js';
 import type { BlockImage } from '../../src/disk/image.js';
 import { imageDigest, qemuDigest, qemuImg, qemuImgStatus, qemuIo, tempDir, patternBytes } from '../helpers.js';
 
-const SIZE = 32 << 20;
+const SIZE = 24 << 20;
 
-/** Sources as qemu-img makes them; `qfmt` is qemu's format name. */
+/**
+ * Sources as qemu-img makes them; `qfmt` is qemu's format name. Formats qemu-io cannot write
+ * into (streamOptimized VMDK is append-only) are made by qemu-img convert from a patterned raw.
+ */
 const SOURCES = [
   { name: 'raw', qfmt: 'raw', opts: [] as string[] },
   { name: 'qcow2-v3', qfmt: 'qcow2', opts: ['-o', 'compat=1.1'] },
   { name: 'qcow2-v2-4k', qfmt: 'qcow2', opts: ['-o', 'compat=0.10,cluster_size=4k'] },
   { name: 'vpc-dynamic', qfmt: 'vpc', opts: ['-o', 'subformat=dynamic,force_size=on'] },
   { name: 'vpc-fixed', qfmt: 'vpc', opts: ['-o', 'subformat=fixed,force_size=on'] },
+  { name: 'vhdx-dynamic-1m', qfmt: 'vhdx', opts: ['-o', 'subformat=dynamic,block_size=1M'] },
+  { name: 'vhdx-fixed', qfmt: 'vhdx', opts: ['-o', 'subformat=fixed'] },
+  { name: 'vmdk-monolithicSparse', qfmt: 'vmdk', opts: ['-o', 'subformat=monolithicSparse'] },
+  { name: 'vmdk-monolithicFlat', qfmt: 'vmdk', opts: ['-o', 'subformat=monolithicFlat'] },
+  { name: 'vmdk-twoGbMaxExtentSparse', qfmt: 'vmdk', opts: ['-o', 'subformat=twoGbMaxExtentSparse'] },
+  { name: 'vmdk-streamOptimized', qfmt: 'vmdk', opts: ['-o', 'subformat=streamOptimized'], viaConvert: true },
+  { name: 'vdi-dynamic', qfmt: 'vdi', opts: [] },
+  { name: 'vdi-static', qfmt: 'vdi', opts: ['-o', 'static=on'] },
 ];
 
-/** Outputs Polyvisor writes; `qfmt` is how qemu-img reads them back. */
+/** Outputs Polyvisor writes; `qfmt` is how qemu-img reads them back, `check` whether qemu-img can check it. */
 const OUTPUTS = [
-  { name: 'raw', format: 'raw', qfmt: 'raw', options: [] as string[], compress: false },
-  { name: 'qcow2', format: 'qcow2', qfmt: 'qcow2', options: [], compress: false },
-  { name: 'qcow2-v2', format: 'qcow2', qfmt: 'qcow2', options: ['compat=0.10'], compress: false },
-  { name: 'qcow2-compressed', format: 'qcow2', qfmt: 'qcow2', options: [], compress: true },
-  { name: 'vhd-dynamic', format: 'vhd', qfmt: 'vpc', options: ['subformat=dynamic'], compress: false },
-  { name: 'vhd-fixed', format: 'vhd', qfmt: 'vpc', options: ['subformat=fixed'], compress: false },
+  { name: 'raw', format: 'raw', qfmt: 'raw', options: [] as string[], compress: false, check: false },
+  { name: 'qcow2', format: 'qcow2', qfmt: 'qcow2', options: [], compress: false, check: true },
+  { name: 'qcow2-v2', format: 'qcow2', qfmt: 'qcow2', options: ['compat=0.10'], compress: false, check: true },
+  { name: 'qcow2-compressed', format: 'qcow2', qfmt: 'qcow2', options: [], compress: true, check: true },
+  { name: 'vhd-dynamic', format: 'vhd', qfmt: 'vpc', options: ['subformat=dynamic'], compress: false, check: false },
+  { name: 'vhd-fixed', format: 'vhd', qfmt: 'vpc', options: ['subformat=fixed'], compress: false, check: false },
+  { name: 'vhdx-dynamic', format: 'vhdx', qfmt: 'vhdx', options: ['subformat=dynamic', 'block_size=1M'], compress: false, check: true },
+  { name: 'vhdx-fixed', format: 'vhdx', qfmt: 'vhdx', options: ['subformat=fixed'], compress: false, check: true },
+  { name: 'vmdk-monolithicSparse', format: 'vmdk', qfmt: 'vmdk', options: ['subformat=monolithicSparse'], compress: false, check: true },
+  { name: 'vmdk-streamOptimized', format: 'vmdk', qfmt: 'vmdk', options: ['subformat=streamOptimized'], compress: false, check: true },
+  { name: 'vmdk-monolithicFlat', format: 'vmdk', qfmt: 'vmdk', options: ['subformat=monolithicFlat'], compress: false, check: true },
+  { name: 'vmdk-twoGbMaxExtentSparse', format: 'vmdk', qfmt: 'vmdk', options: ['subformat=twoGbMaxExtentSparse'], compress: false, check: true },
+  { name: 'vmdk-twoGbMaxExtentFlat', format: 'vmdk', qfmt: 'vmdk', options: ['subformat=twoGbMaxExtentFlat'], compress: false, check: true },
+  { name: 'vmdk-vmfs', format: 'vmdk', qfmt: 'vmdk', options: ['subformat=vmfs'], compress: false, check: true },
+  { name: 'vdi-dynamic', format: 'vdi', qfmt: 'vdi', options: [], compress: false, check: true },
+  { name: 'vdi-static', format: 'vdi', qfmt: 'vdi', options: ['static=on'], compress: false, check: true },
 ];
 
 /** A pattern with aligned and unaligned runs, an explicit zero range over data, and the last MiB. */
-const PATTERN = ['write -P 0x11 0 64k', 'write -P 0x22 1M 3M', 'write -P 0x33 5000k 12k', 'write -z 2M 512k', 'write -P 0x44 31M 1M'];
+const PATTERN = ['write -P 0x11 0 64k', 'write -P 0x22 1M 3M', 'write -P 0x33 5000k 12k', 'write -z 2M 512k', 'write -P 0x44 23M 1M'];
 
 async function makeSource(dir: string, s: (typeof SOURCES)[number]): Promise<string> {
   const path = join(dir, `src-${s.name}.img`);
+  if ('viaConvert' in s) {
+    const raw = join(dir, `pattern-${s.name}.raw`);
+    await qemuImg('create', '-q', '-f', 'raw', raw, String(SIZE));
+    await qemuIo(raw, 'raw', ...PATTERN);
+    await qemuImg('convert', '-q', '-f', 'raw', '-O', s.qfmt, ...s.opts, raw, path);
+    return path;
+  }
   await qemuImg('create', '-q', '-f', s.qfmt, ...s.opts, path, String(SIZE));
   await qemuIo(path, s.qfmt, ...PATTERN);
   return path;
@@ -59,7 +87,7 @@ for (const s of SOURCES) {
       const dst = join(dir, `out-${o.name}.img`);
       const r = await convert(src, dst, o.format, { options: o.options, compress: o.compress });
       assert.equal(r.virtualSize, SIZE, `${o.name}: virtual size`);
-      if (o.qfmt === 'qcow2') {
+      if (o.check) {
         const chk = qemuImgStatus('check', '-f', o.qfmt, dst);
         assert.equal(chk.status, 0, `${o.name}: qemu-img check: ${chk.stdout}${chk.stderr}`);
       }

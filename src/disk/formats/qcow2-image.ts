@@ -408,10 +408,10 @@ export class Qcow2Image implements BlockImage {
     const h = this.#h;
     if (!this.#rc) {
       if (h.nbSnapshots > 0) {
-        throw new PolyvisorError('ERR_UNSUPPORTED', `image has ${h.nbSnapshots} internal snapshot(s); writing would need copy-on-write of shared clusters, which is not implemented`, { file: this.path, structure: 'snapshot table', offset: h.snapshotsOffset });
+        throw new PolyvisorError('ERR_UNSUPPORTED', `image has ${h.nbSnapshots} internal snapshot(s); writing would need copy-on-write of shared clusters, which Polyvisor does not support`, { file: this.path, structure: 'snapshot table', offset: h.snapshotsOffset });
       }
       if (h.bitmaps && h.autoclearFeatures & AUTOCLEAR_BITMAPS) {
-        throw new PolyvisorError('ERR_UNSUPPORTED', `image has ${h.bitmaps.nbBitmaps} persistent dirty bitmap(s); writing without updating them is not implemented`, { file: this.path, structure: 'bitmaps extension' });
+        throw new PolyvisorError('ERR_UNSUPPORTED', `image has ${h.bitmaps.nbBitmaps} persistent dirty bitmap(s); writing without updating them is not supported`, { file: this.path, structure: 'bitmaps extension' });
       }
       this.#rc = await Refcounts.load(this.#file, this.#cb, h.refcountOrder, h.refcountTableOffset, h.refcountTableClusters);
       this.#l1RefcountsCheck();
@@ -448,7 +448,7 @@ export class Qcow2Image implements BlockImage {
     if (slot) {
       if (!(hi & OFLAG_COPIED)) {
         if (rc.get(slot.host / this.#cs) !== 1) {
-          throw new PolyvisorError('ERR_UNSUPPORTED', `L2 table at ${hex(slot.host)} is shared (refcount ${rc.get(slot.host / this.#cs)}); copy-on-write of L2 tables is not implemented`, { file: this.path, structure: 'L1 table', offset: this.#h.l1TableOffset + l1i * 8 });
+          throw new PolyvisorError('ERR_UNSUPPORTED', `L2 table at ${hex(slot.host)} is shared (refcount ${rc.get(slot.host / this.#cs)}); copy-on-write of L2 tables is not supported`, { file: this.path, structure: 'L1 table', offset: this.#h.l1TableOffset + l1i * 8 });
         }
         setStandardEntry(this.#l1, l1i * 8, slot.host);
         this.#l1Dirty = true;

@@ -8,7 +8,7 @@
  * sequential writes land contiguously and leave in one vectored write; `flush` writes the
  * metadata (L2 tables, L1, refcount blocks, refcount table, header) in that order.
  *
- * Not implemented, and refused with ERR_UNSUPPORTED: encryption, external data files,
+ * Unsupported, and refused with ERR_UNSUPPORTED: encryption, external data files,
  * extended L2 entries (subclusters), zstd compression, writing to images that have
  * internal snapshots or persistent bitmaps (both need copy-on-write of shared metadata).
  */
@@ -136,7 +136,7 @@ export const qcow2: DiskFormat = {
     { name: 'preallocation', type: 'enum', values: ['off', 'metadata'], default: 'off', description: 'off: allocate on write; metadata: allocate every L2 table and cluster up front' },
     { name: 'compression_type', type: 'enum', values: ['zlib', 'zstd'], default: 'zlib', description: 'compression for compressed clusters (only zlib is implemented)' },
     { name: 'compress', type: 'bool', default: 'off', description: 'store every written cluster deflate-compressed (convert -c)' },
-    { name: 'extended_l2', type: 'bool', default: 'off', description: 'subcluster allocation (not implemented; on is refused)' },
+    { name: 'extended_l2', type: 'bool', default: 'off', description: 'subcluster allocation (unsupported: on is refused)' },
   ],
 
   probe(head: Uint8Array): number {

@@ -7,7 +7,9 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import assert from 'node:assert/strict';
 import type { BlockImage } from '../src/disk/image.js';
+import { isPolyvisorError, type ErrorCode } from '../src/errors.js';
 
 const run = promisify(execFile);
 
@@ -76,5 +78,23 @@ export function patternBytes(length: number, seed: number): Buffer {
     x >>>= 0;
     b.writeUInt32LE(x, i <= length - 4 ? i : length - 4);
   }
+  return b;
+}
+
+/** Asserts `p` rejects with a PolyvisorError of `code` whose message names `file` (and `words`). */
+export async function rejectsWith(p: Promise<unknown>, code: ErrorCode, file: string, ...words: string[]): Promise<void> {
+  await assert.rejects(p, (e: unknown) => {
+    assert.ok(isPolyvisorError(e), `expected a PolyvisorError, got ${String(e)}`);
+    assert.equal(e.code, code, e.message);
+    assert.ok(e.message.includes(file), `message names the file: ${e.message}`);
+    for (const w of words) assert.ok(e.message.includes(w), `message mentions "${w}": ${e.message}`);
+    return true;
+  });
+}
+
+/** The whole guest content of a small image. */
+export async function readAll(img: BlockImage): Promise<Buffer> {
+  const b = Buffer.alloc(img.virtualSize);
+  await img.read(b, 0);
   return b;
 }

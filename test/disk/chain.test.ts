@@ -112,3 +112,42 @@ test('protocol backing names are never followed; a missing backing file is named
   await qemuImg('create', '-q', '-f', 'qcow2', '-u', '-b', 'gone.raw', '-F', 'raw', missing, '1M');
   await assert.rejects(openImage(missing), (e) => isPolyvisorError(e, 'ERR_NOT_FOUND') && e.message.includes('gone.raw'));
 });
+
+test('a qcow2 overlay over a VMDK that Polyvisor wrote reads as qemu-img reads it', async (t) => {
+  const dir = await tempDir(t);
+  const rawPath = join(dir, 'base.raw');
+  await writeFile(rawPath, patternBytes(8 << 20, 21));
+  const raw = await openImage(rawPath);
+  await convert(raw, join(dir, 'parent.vmdk'), 'vmdk');
+  await raw.close();
+  const top = join(dir, 'top.qcow2');
+  await qemuImg('create', '-q', '-f', 'qcow2', '-b', 'parent.vmdk', '-F', 'vmdk', top);
+  await qemuIo(top, 'qcow2', 'write -P 0x5e 2M 100k', 'write -z 5M 64k');
+  const img = await openImage(top);
+  t.after(() => img.close());
+  assert.deepEqual(chainOf(img).map((i) => i.format), ['qcow2', 'vmdk']);
+  assert.equal(await imageDigest(img), await qemuDigest(top, 'qcow2', dir));
+});
+
+test('a VHDX child over a VHDX parent, written through the library, flattens to what the guest saw', async (t) => {
+  const dir = await tempDir(t);
+  const rawPath = join(dir, 'base.raw');
+  const base = patternBytes(8 << 20, 22);
+  await writeFile(rawPath, base);
+  const raw = await openImage(rawPath);
+  await convert(raw, join(dir, 'parent.vhdx'), 'vhdx', { options: 'block_size=1M' });
+  await raw.close();
+  const child = await createImage(join(dir, 'child.avhdx'), 'vhdx', undefined, { backingFile: 'parent.vhdx', backingFormat: 'vhdx' });
+  const patch = patternBytes(300_000, 23);
+  await child.write(patch, 3_000_000);
+  await child.close();
+  const expected = Buffer.from(base);
+  patch.copy(expected, 3_000_000);
+  const img = await openImage(join(dir, 'child.avhdx'));
+  t.after(() => img.close());
+  assert.deepEqual(chainOf(img).map((i) => i.format), ['vhdx', 'vhdx']);
+  // flattened by Polyvisor into a plain VHDX, which qemu-img can read (it cannot read differencing VHDX)
+  await convert(img, join(dir, 'flat.vhdx'), 'vhdx');
+  await writeFile(join(dir, 'expected.raw'), expected);
+  assert.equal(qemuImgStatus('compare', '-f', 'raw', '-F', 'vhdx', join(dir, 'expected.raw'), join(dir, 'flat.vhdx')).status, 0);
+});

@@ -19,6 +19,7 @@ import { promisify } from 'node:util';
 import { createHash } from 'node:crypto';
 import { mapChain, openImage } from '../../src/disk/chain.js';
 import { PolyvisorError } from '../../src/errors.js';
+import { HEADER_OFFSETS, HEADER_SIZE, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE, sealChecksum } from '../../src/disk/formats/vhdx-structs.js';
 import { imageDigest, qemuImg, qemuIo, tempDir } from '../helpers.js';
 
 const run = promisify(execFile);
@@ -95,7 +96,87 @@ const BASES: Base[] = [
     },
     hot: (size) => [[size - 512, size]],
   },
+  {
+    name: 'vhdx-dynamic-1m',
+    ext: 'vhdx',
+    async make(dir) {
+      const f = join(dir, 'base.vhdx');
+      await qemuImg('create', '-q', '-f', 'vhdx', '-o', 'block_size=1M', f, '4M');
+      await qemuIo(f, 'vhdx', ...PATTERN);
+      return f;
+    },
+    // headers, region tables, then the log, BAT and metadata (qemu puts them in the first 3 MiB or so)
+    hot: (size) => [
+      [64 << 10, 320 << 10],
+      [1 << 20, Math.min(size, 4 << 20)],
+    ],
+    fix: fixVhdxChecksums,
+  },
+  {
+    name: 'vmdk-monolithicSparse',
+    ext: 'vmdk',
+    async make(dir) {
+      const f = join(dir, 'base.vmdk');
+      await qemuImg('create', '-q', '-f', 'vmdk', f, '4M');
+      await qemuIo(f, 'vmdk', ...PATTERN);
+      return f;
+    },
+    // header, embedded descriptor, grain directories and tables
+    hot: () => [[0, 96 << 10]],
+  },
+  {
+    name: 'vmdk-streamOptimized',
+    ext: 'vmdk',
+    async make(dir) {
+      const raw = join(dir, 'src.raw');
+      await qemuImg('create', '-q', '-f', 'raw', raw, '4M');
+      await qemuIo(raw, 'raw', ...PATTERN);
+      const f = join(dir, 'base.vmdk');
+      await qemuImg('convert', '-q', '-f', 'raw', '-O', 'vmdk', '-o', 'subformat=streamOptimized', raw, f);
+      return f;
+    },
+    // header and descriptor, the grain markers, and the tables, footer and end-of-stream at the end
+    hot: (size) => [
+      [0, 64 << 10],
+      [64 << 10, size],
+      [Math.max(0, size - 8192), size],
+    ],
+  },
+  {
+    name: 'vmdk-descriptor-flat',
+    ext: 'vmdk',
+    async make(dir) {
+      const f = join(dir, 'base.vmdk');
+      await qemuImg('create', '-q', '-f', 'vmdk', '-o', 'subformat=monolithicFlat', f, '4M');
+      await qemuIo(f, 'vmdk', ...PATTERN);
+      return f; // the text descriptor; base-flat.vmdk beside it holds the data
+    },
+    hot: (size) => [[0, size]],
+  },
+  {
+    name: 'vdi-dynamic',
+    ext: 'vdi',
+    async make(dir) {
+      const f = join(dir, 'base.vdi');
+      await qemuImg('create', '-q', '-f', 'vdi', f, '4M');
+      await qemuIo(f, 'vdi', ...PATTERN);
+      return f;
+    },
+    // pre-header and header, then the block map
+    hot: () => [
+      [0, 0x200],
+      [0x200, 0x200 + 64],
+    ],
+  },
 ];
+
+/** Re-seals the CRC-32C of both VHDX headers and both region tables (MS-VHDX 2.2.2, 2.2.3). */
+function fixVhdxChecksums(buf: Buffer): void {
+  for (const at of [...HEADER_OFFSETS, ...REGION_TABLE_OFFSETS]) {
+    const len = HEADER_OFFSETS.includes(at as (typeof HEADER_OFFSETS)[number]) ? HEADER_SIZE : REGION_TABLE_SIZE;
+    if (at + len <= buf.length) sealChecksum(buf.subarray(at, at + len));
+  }
+}
 
 /** xorshift32: every case is reproducible from its seed. */
 function rng(seed: number) {

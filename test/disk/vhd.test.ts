@@ -10,25 +10,12 @@ import assert from 'node:assert/strict';
 import { mkdir, readFile, rename, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createImage, openImage } from '../../src/disk/chain.js';
-import type { BlockImage } from '../../src/disk/image.js';
 import { vhd } from '../../src/disk/formats/vhd.js';
 import { chsSectors, geometryForSectors, roundUpToGeometry, sizeFromGeometry } from '../../src/disk/formats/vhd-geometry.js';
 import { vhdChecksum } from '../../src/disk/formats/vhd-structs.js';
-import { isPolyvisorError, type ErrorCode } from '../../src/errors.js';
-import { imageDigest, patternBytes, qemuDigest, qemuImg, qemuImgStatus, qemuInfo, qemuIo, tempDir } from '../helpers.js';
+import { imageDigest, patternBytes, qemuDigest, qemuImg, qemuImgStatus, qemuInfo, qemuIo, readAll, rejectsWith, tempDir } from '../helpers.js';
 
 const MiB = 1 << 20;
-
-/** Asserts `p` rejects with a PolyvisorError of `code` whose message names `file` (and `words`). */
-async function rejectsWith(p: Promise<unknown>, code: ErrorCode, file: string, ...words: string[]): Promise<void> {
-  await assert.rejects(p, (e: unknown) => {
-    assert.ok(isPolyvisorError(e), `expected a PolyvisorError, got ${String(e)}`);
-    assert.equal(e.code, code, e.message);
-    assert.ok(e.message.includes(file), `message names the file: ${e.message}`);
-    for (const w of words) assert.ok(e.message.includes(w), `message mentions "${w}": ${e.message}`);
-    return true;
-  });
-}
 
 async function qemuSize(file: string): Promise<number> {
   // -f vpc: qemu probes a fixed VHD as raw (it only looks for the cookie at offset 0)
@@ -47,12 +34,6 @@ async function assertQemuSees(file: string, expected: Buffer, dir: string): Prom
 function assertQemuCheck(file: string): void {
   const r = qemuImgStatus('check', '-f', 'vpc', file);
   if (r.status !== 0) assert.match(r.stderr, /does not support checks/, r.stderr);
-}
-
-async function readAll(img: BlockImage): Promise<Buffer> {
-  const b = Buffer.alloc(img.virtualSize);
-  await img.read(b, 0);
-  return b;
 }
 
 /** Rewrites a structure's checksum (footer: field at 64 over 512 bytes; header: 36 over 1024). */

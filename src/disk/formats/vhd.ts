@@ -20,11 +20,12 @@
  * dirty bitmaps and the footer are written once, at flush. Until then the file has no
  * footer at its end (its copy at offset 0 still opens it).
  */
+import { allBitsSet, bitRuns, setBits, type BitOrder } from '../bitmap.js';
 import { randomUUID } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import { basename, dirname, relative, resolve } from 'node:path';
 import { PolyvisorError, hex } from '../../errors.js';
-import { checkRange, readBacking } from '../backing.js';
+import { checkRange, readBacking, writeUnaligned } from '../backing.js';
 import type { CreateContext, DiskFormat, OpenContext } from '../format.js';
 import type { BackingRef, BlockImage, CheckResult, Extent } from '../image.js';
 import { ImageFile, alignDown, alignUp } from '../io.js';
@@ -57,6 +58,9 @@ import {
   vhdChecksum,
 } from './vhd-structs.js';
 
+/** Bit numbering of this format's sector bitmaps (see bitmap.ts). */
+const BIT_ORDER: BitOrder = 'msb-first';
+
 type Subformat = 'fixed' | 'dynamic' | 'differencing';
 
 const KiB = 1024;
@@ -79,8 +83,6 @@ const MAX_BAT_ENTRIES = 1 << 25;
 /** A parent locator holds one path; Windows paths are at most 32767 UTF-16 units. */
 const MAX_LOCATOR_BYTES = 64 * KiB;
 /** Largest vectored write we issue: bounded buffers and iovecs per system call. */
-const MAX_IOV = 512;
-const MAX_WRITEV_BYTES = 256 * MiB;
 
 /** Shared zeroes for writeZeroes; never written into. */
 const ZEROES = Buffer.alloc(4 * MiB);
@@ -228,7 +230,7 @@ class VhdImage implements BlockImage {
           push(g, n, 'data', dataHost + inb);
         } else {
           const base = g - inb;
-          bitRuns(bm, Math.floor(inb / SECTOR), Math.ceil((inb + n) / SECTOR), (s0, s1, set) => {
+          bitRuns(bm, Math.floor(inb / SECTOR), Math.ceil((inb + n) / SECTOR), BIT_ORDER, (s0, s1, set) => {
             const a = Math.max(inb, s0 * SECTOR);
             const z = Math.min(inb + n, s1 * SECTOR);
             push(base + a, z - a, set ? 'data' : 'unallocated', dataHost + a);
@@ -272,7 +274,7 @@ class VhdImage implements BlockImage {
     const buf = await this.#file.readStructure(host, L.bitmapSize, `sector bitmap of block ${b}`);
     const again = this.#bitmaps.get(b);
     if (again) return again; // loaded (and maybe changed) by a concurrent call meanwhile
-    const v = allBitsSet(buf, L.sectorsPerBlock) ? FULL : buf;
+    const v = allBitsSet(buf, L.sectorsPerBlock, BIT_ORDER) ? FULL : buf;
     this.#bitmaps.set(b, v);
     return v;
   }
@@ -296,38 +298,10 @@ class VhdImage implements BlockImage {
     // A differencing disk marks whole sectors as its own: a partial sector must first be
     // filled with what the guest sees there now (the parent's data, most likely).
     if (this.subformat === 'differencing' && (offset % SECTOR !== 0 || buf.length % SECTOR !== 0)) {
-      await this.#writeUnaligned(buf, offset);
+      await writeUnaligned(this, buf, offset, SECTOR, (b, o) => this.#writeBlocks(b, o));
       return;
     }
     await this.#writeBlocks(buf, offset);
-  }
-
-  async #writeUnaligned(buf: Uint8Array, offset: number): Promise<void> {
-    const end = offset + buf.length;
-    const a = alignDown(offset, SECTOR);
-    const z = alignUp(end, SECTOR);
-    if (z - a <= 64 * KiB) {
-      const tmp = Buffer.alloc(z - a);
-      await this.read(tmp, a);
-      tmp.set(buf, offset - a);
-      await this.#writeBlocks(tmp, a);
-      return;
-    }
-    const midA = alignUp(offset, SECTOR);
-    const midZ = alignDown(end, SECTOR);
-    if (offset !== midA) {
-      const head = Buffer.alloc(SECTOR);
-      await this.read(head, a);
-      head.set(buf.subarray(0, midA - offset), offset - a);
-      await this.#writeBlocks(head, a);
-    }
-    if (midZ > midA) await this.#writeBlocks(buf.subarray(midA - offset, midZ - offset), midA);
-    if (end !== midZ) {
-      const tail = Buffer.alloc(SECTOR);
-      await this.read(tail, midZ);
-      tail.set(buf.subarray(midZ - offset), 0);
-      await this.#writeBlocks(tail, midZ);
-    }
   }
 
   /** Reserves the next block at the end of the data area (synchronously: concurrent writes never share one). */
@@ -380,7 +354,7 @@ class VhdImage implements BlockImage {
           segs.push({ host, data: this.#ones });
         } else {
           const bm = Buffer.alloc(L.bitmapSize);
-          setBits(bm, Math.floor(inb / SECTOR), Math.ceil((inb + n) / SECTOR));
+          setBits(bm, Math.floor(inb / SECTOR), Math.ceil((inb + n) / SECTOR), BIT_ORDER);
           this.#bitmaps.set(b, bm);
           this.#dirtyBitmaps.add(b);
         }
@@ -398,24 +372,9 @@ class VhdImage implements BlockImage {
     // Pass 2: written sectors of existing blocks get their bitmap bits (written at flush).
     for (const u of updates) {
       const bm = await this.#loadBitmap(u.b);
-      if (bm !== FULL && setBits(bm, u.s0, u.s1)) this.#dirtyBitmaps.add(u.b);
+      if (bm !== FULL && setBits(bm, u.s0, u.s1, BIT_ORDER)) this.#dirtyBitmaps.add(u.b);
     }
-    await this.#writeSegments(segs);
-  }
-
-  /** Issues planned writes, file-contiguous pieces together in one writev. */
-  async #writeSegments(segs: { host: number; data: Uint8Array }[]): Promise<void> {
-    const groups: { host: number; bufs: Uint8Array[]; bytes: number }[] = [];
-    for (const s of segs) {
-      const last = groups[groups.length - 1];
-      if (last && last.host + last.bytes === s.host && last.bufs.length < MAX_IOV && last.bytes + s.data.length <= MAX_WRITEV_BYTES) {
-        last.bufs.push(s.data);
-        last.bytes += s.data.length;
-      } else {
-        groups.push({ host: s.host, bufs: [s.data], bytes: s.data.length });
-      }
-    }
-    await Promise.all(groups.map((g) => this.#file.writevAt(g.bufs, g.host)));
+    await this.#file.writeSegments(segs);
   }
 
   async writeZeroes(offset: number, length: number): Promise<void> {
@@ -585,61 +544,9 @@ class VhdImage implements BlockImage {
 
 // ---- bitmaps ----------------------------------------------------------------------------
 
-/** Sector bitmaps are big-endian in bits: sector 0 is the top bit of byte 0. */
-function bit(bm: Buffer, s: number): boolean {
-  return (bm[s >> 3]! & (0x80 >> (s & 7))) !== 0;
-}
 
-/** Calls back with maximal runs [s0, s1) of equal bits between sectors `from` and `to`. */
-function bitRuns(bm: Buffer, from: number, to: number, cb: (s0: number, s1: number, set: boolean) => void): void {
-  let runStart = from;
-  let cur = bit(bm, from);
-  let s = from + 1;
-  while (s < to) {
-    if ((s & 7) === 0 && s + 8 <= to && bm[s >> 3] === (cur ? 0xff : 0)) {
-      s += 8;
-      continue;
-    }
-    const v = bit(bm, s);
-    if (v !== cur) {
-      cb(runStart, s, cur);
-      runStart = s;
-      cur = v;
-    }
-    s++;
-  }
-  cb(runStart, to, cur);
-}
 
-/** Sets bits [s0, s1); returns whether any changed. */
-function setBits(bm: Buffer, s0: number, s1: number): boolean {
-  let changed = false;
-  let s = s0;
-  while (s < s1) {
-    if ((s & 7) === 0 && s + 8 <= s1) {
-      if (bm[s >> 3] !== 0xff) {
-        bm[s >> 3] = 0xff;
-        changed = true;
-      }
-      s += 8;
-      continue;
-    }
-    const m = 0x80 >> (s & 7);
-    if ((bm[s >> 3]! & m) === 0) {
-      bm[s >> 3] = bm[s >> 3]! | m;
-      changed = true;
-    }
-    s++;
-  }
-  return changed;
-}
 
-function allBitsSet(bm: Buffer, sectors: number): boolean {
-  const full = sectors >> 3;
-  for (let i = 0; i < full; i++) if (bm[i] !== 0xff) return false;
-  for (let s = full * 8; s < sectors; s++) if (!bit(bm, s)) return false;
-  return true;
-}
 
 // ---- validation -------------------------------------------------------------------------
 
@@ -715,15 +622,6 @@ function outOfBounds(end: number, limit: number, fileSize: number, detail: strin
 }
 
 // ---- opening ----------------------------------------------------------------------------
-
-const PLATFORM_NAMES: Record<string, string> = {
-  W2ru: 'Windows relative (UTF-16)',
-  W2ku: 'Windows absolute (UTF-16)',
-  Wi2r: 'Windows relative (deprecated)',
-  Wi2k: 'Windows absolute (deprecated)',
-  MacX: 'Mac OS X file URL',
-  'Mac ': 'Mac OS alias',
-};
 
 /** The path a parent locator holds, as a name we can resolve here, or null. */
 function locatorPath(code: string, data: Buffer): string | null {

@@ -74,7 +74,7 @@ async function openLayer(path: string, formatName: string | undefined, opts: Ope
 
   // Only the top image is opened for writing; backing files are always read-only.
   const writable = chain.depth === 1 && !!opts.writable;
-  const file = await ImageFile.open(path, writable);
+  const file = await ImageFile.open(path, writable, chain.depth === 1 ? opts.window : undefined);
   try {
     const format = formatName ? findFormat(formatName) : await probeFile(file);
     if (!format.capabilities.read) {
@@ -100,8 +100,13 @@ async function openLayer(path: string, formatName: string | undefined, opts: Ope
   }
 }
 
-/** Picks the first candidate name that exists, enforcing the folder rule. */
-async function resolveReferenced(childPath: string, candidates: string[], opts: OpenOptions, what: string): Promise<string> {
+/**
+ * Picks the first candidate name that exists, enforcing the folder rule: relative names are
+ * resolved against the folder of `childPath` (the file that records them), and the result
+ * must lie inside that folder unless `opts.allowOutsidePaths`. `what` names the reference in
+ * errors ("backing file", "extent file", "disk file").
+ */
+export async function resolveReferenced(childPath: string, candidates: string[], opts: OpenOptions, what: string): Promise<string> {
   const folder = dirname(resolve(childPath));
   const tried: string[] = [];
   for (const name of candidates) {

@@ -43,6 +43,11 @@ export interface OpenOptions {
   noBacking?: boolean;
   /** maximum number of images in a chain, the top included */
   maxChainDepth?: number;
+  /**
+   * Read the top image from `length` bytes at `offset` of the file, as if they were a whole
+   * file: a disk inside a package (an OVA's VMDK member). Read-only.
+   */
+  window?: { offset: number; length: number };
 }
 
 export interface OpenContext {

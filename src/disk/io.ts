@@ -8,6 +8,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { PolyvisorError, fromSystemError, hex } from '../errors.js';
 import type { CacheMode } from './format.js';
+import { dataRuns } from './sparse.js';
 
 export class ImageFile {
   readonly path: string;
@@ -15,6 +16,8 @@ export class ImageFile {
   #fh: FileHandle;
   #size: number;
   #unsafe = false;
+  /** where this view starts in the underlying file (0 unless a window) */
+  #base = 0;
 
   private constructor(path: string, fh: FileHandle, size: number, writable: boolean) {
     this.path = path;
@@ -23,8 +26,13 @@ export class ImageFile {
     this.writable = writable;
   }
 
-  /** Opens an existing file. */
-  static async open(path: string, writable: boolean): Promise<ImageFile> {
+  /**
+   * Opens an existing file, or, with `window`, a read-only view of `length` bytes of it from
+   * `offset` (a disk stored inside a package: a VMDK member of an OVA), which every format
+   * then reads as if it were a whole file.
+   */
+  static async open(path: string, writable: boolean, window?: { offset: number; length: number }): Promise<ImageFile> {
+    if (window && writable) throw new PolyvisorError('ERR_READ_ONLY', 'a disk inside a package is opened read-only', { file: path });
     let fh: FileHandle;
     try {
       fh = await open(path, writable ? 'r+' : 'r');
@@ -35,6 +43,15 @@ export class ImageFile {
       const st = await fh.stat();
       if (!st.isFile() && !st.isBlockDevice()) {
         throw new PolyvisorError('ERR_IO', 'not a regular file or block device', { file: path });
+      }
+      if (window) {
+        const { offset, length } = window;
+        if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > st.size) {
+          throw new PolyvisorError('ERR_TRUNCATED', `window of ${length} bytes at ${hex(offset)} runs past the end of the file at ${hex(st.size)}`, { file: path });
+        }
+        const f = new ImageFile(path, fh, length, false);
+        f.#base = offset;
+        return f;
       }
       return new ImageFile(path, fh, st.size, writable);
     } catch (e) {
@@ -63,8 +80,13 @@ export class ImageFile {
     return this.#size;
   }
 
-  get handle(): FileHandle {
-    return this.#fh;
+  /**
+   * The data runs of [offset, end) as [start, end) pairs in this view's offsets, or null when
+   * the system cannot tell (then treat it all as data). See sparse.ts.
+   */
+  dataRuns(offset: number, end: number): Array<[number, number]> | null {
+    const runs = dataRuns(this.#fh.fd, this.#base + offset, this.#base + end);
+    return runs && runs.map(([s, e]) => [s - this.#base, e - this.#base]);
   }
 
   /**
@@ -109,7 +131,7 @@ export class ImageFile {
       }
       let n: number;
       try {
-        ({ bytesRead: n } = await this.#fh.read(buf, done, Math.min(want - done, this.#size - pos), pos));
+        ({ bytesRead: n } = await this.#fh.read(buf, done, Math.min(want - done, this.#size - pos), this.#base + pos));
       } catch (e) {
         throw fromSystemError(e, this.path, `read at ${hex(pos)}`);
       }

@@ -8,7 +8,6 @@ import { checkRange } from '../backing.js';
 import type { CreateContext, DiskFormat, OpenContext } from '../format.js';
 import type { BlockImage, Extent } from '../image.js';
 import { ImageFile } from '../io.js';
-import { dataRuns } from '../sparse.js';
 
 /** Host filesystem block granularity used to align zero detection. */
 const RAW_CLUSTER = 64 * 1024;
@@ -42,7 +41,7 @@ class RawImage implements BlockImage {
     // Bytes between the file's end and the virtual size (a file shrunk behind our back) read as zeroes.
     const fileEnd = Math.min(end, this.#file.size);
     const out: Extent[] = [];
-    const runs = offset < fileEnd ? dataRuns(this.#file.handle.fd, offset, fileEnd) : [];
+    const runs = offset < fileEnd ? this.#file.dataRuns(offset, fileEnd) : [];
     let pos = offset;
     for (const [s, e] of runs ?? [[offset, fileEnd] as [number, number]]) {
       if (s > pos) out.push({ offset: pos, length: s - pos, kind: 'zero' });

@@ -32,7 +32,6 @@ import type { CreateContext, DiskFormat, OpenContext } from '../format.js';
 import type { BackingRef, BlockImage, CheckResult, Extent } from '../image.js';
 import { ImageFile, alignUp } from '../io.js';
 import { optionBool } from '../registry.js';
-import { dataRuns } from '../sparse.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -404,7 +403,7 @@ class VdiImage implements BlockImage {
       // A static image is created as one sparse file: like qemu (BDRV_BLOCK_RECURSE for
       // VDI_TYPE_STATIC), ask the file system which parts of its blocks are holes, so that
       // copying a mostly empty fixed disk does not read gigabytes of zeroes.
-      const runs = this.imageType === 'static' ? dataRuns(this.#file.handle.fd, s.host, s.host + s.length) : null;
+      const runs = this.imageType === 'static' ? this.#file.dataRuns(s.host, s.host + s.length) : null;
       if (!runs) {
         push({ offset: s.guest, length: s.length, kind: 'data', hostOffset: s.host });
         continue;

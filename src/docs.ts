@@ -5,6 +5,7 @@
  */
 import { ERROR_CODES } from './errors.js';
 import { FORMATS } from './disk/registry.js';
+import { CODECS, PACKAGES } from './vm/registry.js';
 
 const yes = (b: boolean) => (b ? 'yes' : 'no');
 
@@ -22,6 +23,26 @@ export function formatMatrix(): string {
   return rows.join('\n');
 }
 
+export function codecMatrix(): string {
+  const rows = ['| descriptor or package | `--to` / kind | used by | read | write | files | target disk format |', '| --- | --- | --- | --- | --- | --- | --- |'];
+  for (const c of CODECS) {
+    rows.push(`| ${c.description} | \`${c.name}\` | ${c.usedBy} | ${yes(!!c.decode)} | ${yes(!!c.encode)} | ${c.extensions.join(' ')} | ${c.encode ? c.diskFormats.map((f) => (f === c.defaultDiskFormat ? `**${f}**` : f)).join(', ') : '-'} |`);
+  }
+  for (const p of PACKAGES) rows.push(`| ${p.description} | \`${p.name}\` | ${p.usedBy} | yes | yes | ${p.extensions.join(' ')} | (inside the package) |`);
+  return rows.join('\n');
+}
+
+export function optionTable(): string {
+  const rows = ['| format | option | values | default | meaning |', '| --- | --- | --- | --- | --- |'];
+  for (const f of FORMATS) {
+    for (const o of f.createOptions) {
+      const values = o.values ? o.values.map((v) => `\`${v}\``).join(', ') : o.type;
+      rows.push(`| ${f.name} | \`${o.name}\` | ${values} | ${o.default ?? '-'} | ${o.description.replace(/\|/g, '\\|')} |`);
+    }
+  }
+  return rows.join('\n');
+}
+
 export function errorTable(): string {
   const rows = ['| code | exit status | meaning |', '| --- | ---: | --- |'];
   for (const [code, { exit, summary }] of Object.entries(ERROR_CODES)) rows.push(`| \`${code}\` | ${exit} | ${summary} |`);
@@ -31,7 +52,9 @@ export function errorTable(): string {
 /** The generated blocks, by the marker name that delimits each in its file. */
 export const GENERATED: Record<string, { file: string; render: () => string }> = {
   formats: { file: 'README.md', render: formatMatrix },
+  codecs: { file: 'README.md', render: codecMatrix },
   errors: { file: 'docs/cli.md', render: errorTable },
+  options: { file: 'docs/cli.md', render: optionTable },
 };
 
 /** Replaces the text between `<!-- BEGIN name -->` and `<!-- END name -->`. */

@@ -3,6 +3,7 @@
  */
 import { execFile, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -97,4 +98,27 @@ export async function readAll(img: BlockImage): Promise<Buffer> {
   const b = Buffer.alloc(img.virtualSize);
   await img.read(b, 0);
   return b;
+}
+
+/** Asserts `fn` throws a PolyvisorError of `code` whose message mentions every one of `words`. */
+export function throwsCode(fn: () => unknown, code: ErrorCode | string, ...words: string[]): void {
+  assert.throws(fn, (e: unknown) => {
+    assert.ok(isPolyvisorError(e), `expected a PolyvisorError, got ${String(e)}`);
+    assert.equal(e.code, code, e.message);
+    for (const w of words) assert.ok(e.message.includes(w), `message mentions "${w}": ${e.message}`);
+    return true;
+  });
+}
+
+/**
+ * Golden-file check, as libvirt's tests do: `actual` must equal the file at `path`.
+ * UPDATE_GOLDEN=1 rewrites the file instead (then review the diff by eye).
+ */
+export function assertGolden(path: string, actual: string): void {
+  if (process.env.UPDATE_GOLDEN === '1') {
+    writeFileSync(path, actual);
+    return;
+  }
+  assert.ok(existsSync(path), `golden file ${path} is missing: run the tests with UPDATE_GOLDEN=1 and review it`);
+  assert.equal(actual, readFileSync(path, 'utf8'), `${path} differs from the golden (UPDATE_GOLDEN=1 rewrites it)`);
 }

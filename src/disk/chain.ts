@@ -85,10 +85,18 @@ async function openLayer(path: string, formatName: string | undefined, opts: Ope
       readOnly: !writable,
       openBacking: async (candidates, backingFormat) => {
         if (opts.noBacking) return null;
+        if (opts.window && chain.depth === 1) {
+          throw new PolyvisorError('ERR_UNSUPPORTED', `an image inside a package cannot have a backing file ("${candidates[0] ?? ''}")`, { file: path });
+        }
         const target = await resolveReferenced(path, candidates, opts, 'backing file');
         return openLayer(target, backingFormat, opts, { depth: chain.depth + 1, seen: chain.seen });
       },
       openFile: async (name) => {
+        // An image read from inside a package has no folder of its own: a descriptor there
+        // must not reach files lying beside the package.
+        if (opts.window && chain.depth === 1) {
+          throw new PolyvisorError('ERR_UNSUPPORTED', `an image inside a package cannot refer to other files ("${name}")`, { file: path });
+        }
         const target = await resolveReferenced(path, [name], opts, 'extent file');
         return ImageFile.open(target, writable);
       },

@@ -37,3 +37,15 @@ test('a window past the end of the file, or a writable window, is refused', asyn
   await assert.rejects(openImage(f, { window: { offset: 1024, length: 4096 } }), (e) => isPolyvisorError(e, 'ERR_TRUNCATED') && e.message.includes(f));
   await assert.rejects(openImage(f, { writable: true, window: { offset: 0, length: 512 } }), (e) => isPolyvisorError(e, 'ERR_READ_ONLY'));
 });
+
+test('an image inside a package cannot reach files beside the package', async (t) => {
+  const dir = await tempDir(t);
+  // a VMDK text descriptor whose extent names a file that does exist beside the "package"
+  await writeFile(join(dir, 'secret-flat.vmdk'), Buffer.alloc(1 << 20, 0x41));
+  const descriptor = Buffer.from(
+    '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\n\nRW 2048 FLAT "secret-flat.vmdk" 0\n\nddb.virtualHWVersion = "4"\n',
+  );
+  const pkg = join(dir, 'package.bin');
+  await writeFile(pkg, Buffer.concat([Buffer.alloc(512), descriptor]));
+  await assert.rejects(openImage(pkg, { format: 'vmdk', window: { offset: 512, length: descriptor.length } }), (e) => isPolyvisorError(e, 'ERR_UNSUPPORTED'));
+});

@@ -1,0 +1,166 @@
+/**
+ * VmSpec: the neutral model of a virtual machine that every descriptor codec reads into and
+ * writes from. It names what hypervisors share (CPUs, memory, firmware, disks, NICs, consoles,
+ * graphics, guest OS); what one hypervisor says that the model does not name is kept in
+ * `extra[codec]` and written back when converting to that same format, so that a round trip
+ * loses nothing.
+ *
+ * The schema (zod) is the single definition: types are inferred from it, decoders validate
+ * their result with it, and the CLI's --json output is exactly this shape.
+ */
+import { z } from 'zod';
+import { PolyvisorError } from '../errors.js';
+
+/** Buses a disk can hang off, in the words of the hypervisors that use them. */
+export const DISK_BUSES = ['ide', 'sata', 'scsi', 'virtio', 'xen', 'nvme', 'usb', 'fdc'] as const;
+
+/** Storage controller models, where the bus alone does not say which device the guest sees. */
+export const CONTROLLER_MODELS = [
+  'piix3', // IDE on the PC's PIIX3/4: Xen HVM, Hyper-V Gen 1, Virtual Server, QEMU pc
+  'ahci', // SATA AHCI: VMware SATA, QEMU q35, VirtualBox
+  'lsilogic', // LSI Logic parallel SCSI (53c1030): VMware, VirtualBox, Virtual Server
+  'lsisas1068', // LSI Logic SAS: VMware
+  'buslogic', // BusLogic: old VMware
+  'pvscsi', // VMware paravirtual SCSI
+  'virtio-scsi', // KVM
+  'megasas', // LSI MegaRAID
+  'hyperv-scsi', // Hyper-V synthetic SCSI (storvsc)
+  'xen-pv', // Xen blkfront/blkback
+] as const;
+
+export const NIC_MODELS = ['virtio', 'e1000', 'e1000e', 'rtl8139', 'pcnet', 'vmxnet3', 'vmxnet2', 'xen-netfront', 'hyperv-netvsc', 'hyperv-legacy', 'ne2k'] as const;
+
+export const OS_FAMILIES = ['linux', 'windows', 'bsd', 'solaris', 'other', 'unknown'] as const;
+
+const mac = z
+  .string()
+  .regex(/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/, 'a MAC address as six lower-case hex pairs separated by colons');
+
+export const VmDiskSchema = z.object({
+  /** what the guest sees */
+  device: z.enum(['disk', 'cdrom', 'floppy']),
+  bus: z.enum(DISK_BUSES),
+  /** the controller's model when the bus does not say (SCSI, SATA) */
+  controllerModel: z.enum(CONTROLLER_MODELS).optional(),
+  /** controller number on that bus, and unit (slot) on the controller: VMware's scsi0:1 */
+  controller: z.number().int().min(0).max(255).optional(),
+  unit: z.number().int().min(0).max(255).optional(),
+  /** the guest's device name where the hypervisor records one: xvda, sda, hdc, vdb */
+  target: z.string().max(64).optional(),
+  /** the disk file as the descriptor records it (relative to the descriptor's folder); absent for an empty CD-ROM */
+  file: z.string().max(4096).optional(),
+  /** the disk format in Polyvisor's registry names (raw, qcow2, vhd, vhdx, vmdk, vdi), when known */
+  format: z.string().max(32).optional(),
+  readOnly: z.boolean().optional(),
+  /** 1 boots first */
+  bootOrder: z.number().int().min(1).max(64).optional(),
+  /** virtual size in bytes, when the descriptor states it (OVF, XVA) */
+  capacity: z.number().int().min(0).optional(),
+});
+export type VmDisk = z.infer<typeof VmDiskSchema>;
+
+export const VmNicSchema = z.object({
+  model: z.enum(NIC_MODELS).optional(),
+  mac: mac.optional(),
+  /** the network or bridge the NIC joins, by the source's name for it */
+  network: z.string().max(256).optional(),
+  /** how it joins: a host bridge, a named virtual network, NAT, or no connection */
+  connection: z.enum(['bridge', 'network', 'nat', 'none']).optional(),
+});
+export type VmNic = z.infer<typeof VmNicSchema>;
+
+export const VmSpecSchema = z.object({
+  name: z.string().min(1).max(256),
+  uuid: z
+    .string()
+    .regex(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/)
+    .optional(),
+  description: z.string().max(65536).optional(),
+  firmware: z.object({
+    type: z.enum(['bios', 'uefi']),
+    secureBoot: z.boolean().optional(),
+    tpm: z.boolean().optional(),
+  }),
+  /**
+   * How the guest is virtualised: fully (hvm: every hypervisor), or Xen's paravirtual modes
+   * (pv: the guest kernel runs with Xen's PV interface and no emulated hardware; pvh).
+   */
+  virtualization: z.enum(['hvm', 'pv', 'pvh']),
+  cpu: z.object({
+    count: z.number().int().min(1).max(4096),
+    sockets: z.number().int().min(1).max(4096).optional(),
+    cores: z.number().int().min(1).max(4096).optional(),
+    threads: z.number().int().min(1).max(16).optional(),
+  }),
+  memory: z.object({
+    /** bytes at start */
+    bytes: z.number().int().min(1 << 20),
+    /** bytes the guest may balloon up to, when it differs */
+    maxBytes: z.number().int().min(1 << 20).optional(),
+  }),
+  disks: z.array(VmDiskSchema).max(256),
+  nics: z.array(VmNicSchema).max(64),
+  consoles: z.array(z.object({ type: z.enum(['serial', 'xen', 'virtio']), port: z.number().int().min(0).max(255).optional() })).max(16),
+  graphics: z.array(z.object({ type: z.enum(['vnc', 'spice', 'sdl', 'rdp', 'vga']), port: z.number().int().min(-1).max(65535).optional(), listen: z.string().max(256).optional() })).max(8),
+  os: z.object({
+    family: z.enum(OS_FAMILIES),
+    /** the source's own name for the guest OS: "ubuntu64Guest", "rhel8", "win2k19"... */
+    variant: z.string().max(128).optional(),
+  }),
+  /**
+   * How a paravirtual guest boots: a kernel and ramdisk from the host, or a bootloader that
+   * reads them from the guest's own disk (Xen's pygrub).
+   */
+  boot: z
+    .object({
+      kernel: z.string().max(4096).optional(),
+      ramdisk: z.string().max(4096).optional(),
+      cmdline: z.string().max(65536).optional(),
+      bootloader: z.string().max(4096).optional(),
+      bootloaderArgs: z.array(z.string().max(4096)).max(64).optional(),
+      /** boot devices in order, for BIOS guests: disk, cdrom, network, floppy */
+      order: z.array(z.enum(['disk', 'cdrom', 'network', 'floppy'])).max(8).optional(),
+    })
+    .optional(),
+  /** settings the model does not name, per codec: written back when converting to the same codec */
+  extra: z.record(z.string(), z.record(z.string(), z.unknown())),
+});
+export type VmSpec = z.infer<typeof VmSpecSchema>;
+
+/**
+ * Validates a decoder's result. A decoder that produced something outside the model reports
+ * it as the source file's fault (ERR_CORRUPT naming the field), never as a crash.
+ */
+export function validateSpec(spec: unknown, file: string): VmSpec {
+  const r = VmSpecSchema.safeParse(spec);
+  if (!r.success) {
+    const issue = r.error.issues[0]!;
+    const field = issue.path.join('.') || '(root)';
+    throw new PolyvisorError('ERR_CORRUPT', `VM descriptor field ${field}: ${issue.message}`, { file, structure: field });
+  }
+  return r.data;
+}
+
+/** A VmSpec with every required field at its neutral default, for decoders to fill in. */
+export function emptySpec(name: string): VmSpec {
+  return {
+    name,
+    firmware: { type: 'bios' },
+    virtualization: 'hvm',
+    cpu: { count: 1 },
+    memory: { bytes: 512 << 20 },
+    disks: [],
+    nics: [],
+    consoles: [],
+    graphics: [],
+    os: { family: 'unknown' },
+    extra: {},
+  };
+}
+
+/** Normalises a MAC address as the model keeps it: "00:16:3E:AA:bb:cc" or "00-16-3e-aa-bb-cc" → "00:16:3e:aa:bb:cc". */
+export function normaliseMac(text: string): string | undefined {
+  const hex = text.trim().toLowerCase().replace(/[-:.]/g, '');
+  if (!/^[0-9a-f]{12}$/.test(hex)) return undefined;
+  return hex.match(/../g)!.join(':');
+}

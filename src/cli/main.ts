@@ -6,19 +6,27 @@
 import { Command, CommanderError } from 'commander';
 import { readFileSync } from 'node:fs';
 import { diskCommand } from './disk.js';
-import { vmCommand } from './vm.js';
 import { reportError } from './run.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
 
-export function buildProgram(): Command {
+/**
+ * The VM layer (codecs, XML, tar and schema libraries) takes about 0.1 s to load: it is loaded
+ * only when a `vm` command or the help needs it, so `disk` commands start as fast as they can.
+ */
+function needsVm(argv: string[]): boolean {
+  const args = argv.slice(2);
+  return args.length === 0 || args.some((a) => a === 'vm' || a === 'help' || a === '-h' || a === '--help');
+}
+
+export async function buildProgram(argv: string[] = process.argv): Promise<Command> {
   const program = new Command('polyvisor')
     .description('Polyvisor: read, write, convert, run and move VMs across Xen, Hyper-V, VMware and KVM/QEMU')
     .version(pkg.version, '-V, --version')
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
   program.addCommand(diskCommand());
-  program.addCommand(vmCommand());
+  if (needsVm(argv)) program.addCommand((await import('./vm.js')).vmCommand());
   // Commander exits with 1 on usage errors; scripts expect 2 for a wrong command line.
   const override = (cmd: Command) => {
     cmd.exitOverride();
@@ -29,7 +37,7 @@ export function buildProgram(): Command {
 }
 
 export async function main(argv: string[]): Promise<void> {
-  const program = buildProgram();
+  const program = await buildProgram(argv);
   const json = argv.includes('--json') || argv.includes('--output=json');
   try {
     await program.parseAsync(argv);

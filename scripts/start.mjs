@@ -24,6 +24,10 @@ const DEBIAN = [
   { cmd: 'python3', pkg: 'python3', why: 'node-gyp needs it to build the native addon' },
   { cmd: 'virt-xml-validate', pkg: 'libvirt-clients', why: 'the tests check libvirt XML against libvirt\'s own schema' },
   { cmd: 'xmllint', pkg: 'libxml2-utils', why: 'virt-xml-validate runs it' },
+  { cmd: 'qemu-system-x86_64', pkg: 'qemu-system-x86', why: 'the local engine that runs VMs (and boots the tests\' guests)' },
+  { cmd: 'cpio', pkg: 'cpio', why: 'builds the test guest\'s initramfs' },
+  { cmd: 'depmod', pkg: 'kmod', why: 'resolves the test guest\'s kernel modules' },
+  { cmd: 'nbdinfo', pkg: 'libnbd-bin', why: 'an independent NBD client for the tests' },
 ];
 
 function have(cmd) {
@@ -35,6 +39,7 @@ function step(text) {
 }
 
 const missing = DEBIAN.filter((d) => !have(d.cmd));
+if (!existsSync('/usr/share/OVMF/OVMF_CODE_4M.fd')) missing.push({ cmd: 'OVMF', pkg: 'ovmf', why: 'UEFI firmware for the local engine' });
 if (missing.length) {
   const pkgs = [...new Set(missing.map((m) => m.pkg))];
   if (process.getuid && process.getuid() === 0 && have('apt-get')) {
@@ -45,7 +50,7 @@ if (missing.length) {
     console.error('Polyvisor needs these Debian packages, which are not installed:');
     for (const m of missing) console.error(`  ${m.pkg.padEnd(12)} (${m.cmd}: ${m.why})`);
     console.error(`Install them with:  sudo apt-get install ${pkgs.join(' ')}`);
-    const forTestsOnly = ['qemu-utils', 'libvirt-clients', 'libxml2-utils'];
+    const forTestsOnly = ['qemu-utils', 'libvirt-clients', 'libxml2-utils', 'qemu-system-x86', 'cpio', 'kmod', 'libnbd-bin', 'ovmf'];
     if (missing.some((m) => !forTestsOnly.includes(m.pkg))) process.exit(1);
     console.error(`Continuing without ${missing.map((m) => m.pkg).join(', ')}: Polyvisor works, but the tests and benchmark need them.\n`);
   }

@@ -1,0 +1,70 @@
+/**
+ * Variants of the test guest (./build.ts) for boot verification: the same kernel and initramfs
+ * with a different /init. Linux unpacks concatenated cpio archives in order and a later file
+ * replaces an earlier one (Documentation/driver-api/early-userspace/buffer-format.rst), so a
+ * variant is the cached initrd.gz followed by a small gzip'd cpio holding only the new /init.
+ *
+ *   all-disks  loads the drivers, prints `POLYVISOR-DISK <dev> <sha256>` for every virtio disk,
+ *              then `POLYVISOR-DONE`, and powers off
+ *   panic      prints a line and exits: the kernel panics with "Attempted to kill init"
+ *   hang       prints nothing and sleeps for ever
+ */
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { promisify } from 'node:util';
+import { buildTestGuest, cacheRoot, type TestGuest } from './build.js';
+
+const run = promisify(execFile);
+
+export type GuestVariant = 'all-disks' | 'panic' | 'hang';
+
+export const DONE_MARKER = 'POLYVISOR-DONE';
+
+const INITS: Record<GuestVariant, string> = {
+  'all-disks': `#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in $(cat /modules.list); do insmod /modules/$m 2>/dev/null; done
+i=0
+while [ $i -lt 50 ] && [ ! -b /dev/vda ]; do sleep 0.1; i=$((i+1)); done
+for d in /dev/vd?; do
+  [ -b $d ] && echo "POLYVISOR-DISK \${d#/dev/} $(sha256sum $d | cut -d' ' -f1)"
+done
+echo ${DONE_MARKER}
+poweroff -f
+`,
+  panic: `#!/bin/busybox sh
+echo POLYVISOR-GOING-DOWN
+exit 1
+`,
+  hang: `#!/bin/busybox sh
+while true; do /bin/busybox sleep 1000; done
+`,
+};
+
+const RECIPE = 'v1';
+
+/** The test guest with `variant`'s /init; the initrd is cached beside the base guest's. */
+export async function buildVariantGuest(variant: GuestVariant): Promise<TestGuest> {
+  const base = await buildTestGuest();
+  const initrd = join(dirname(base.initrd), `initrd-${variant}-${RECIPE}.gz`);
+  if (existsSync(initrd)) return { ...base, initrd };
+  const work = await mkdtemp(join(cacheRoot(), 'variant-'));
+  try {
+    const ir = join(work, 'ir');
+    await mkdir(ir);
+    await writeFile(join(ir, 'init'), INITS[variant], { mode: 0o755 });
+    await run('sh', ['-c', 'find . | cpio -o -H newc --quiet | gzip -1 > ../extra.gz'], { cwd: ir });
+    const joined = Buffer.concat([await readFile(base.initrd), await readFile(join(work, 'extra.gz'))]);
+    const tmp = join(work, 'initrd.gz');
+    await writeFile(tmp, joined);
+    await rename(tmp, initrd); // atomic: a half-written variant is never found
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+  return { ...base, initrd };
+}

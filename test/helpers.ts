@@ -4,7 +4,7 @@
 import { execFile, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -121,4 +121,12 @@ export function assertGolden(path: string, actual: string): void {
   }
   assert.ok(existsSync(path), `golden file ${path} is missing: run the tests with UPDATE_GOLDEN=1 and review it`);
   assert.equal(actual, readFileSync(path, 'utf8'), `${path} differs from the golden (UPDATE_GOLDEN=1 rewrites it)`);
+}
+
+/** Asserts that qemu-img reads `file` (qemu's format name `qfmt`) as exactly `expected`. */
+export async function assertQemuReads(file: string, qfmt: string, expected: Buffer, dir: string): Promise<void> {
+  const raw = join(dir, `expected-${Math.random().toString(36).slice(2)}.raw`);
+  await writeFile(raw, expected);
+  const r = qemuImgStatus('compare', '-f', qfmt, '-F', 'raw', file, raw);
+  assert.equal(r.status, 0, `qemu-img compare: ${r.stdout}${r.stderr}`);
 }

@@ -61,3 +61,12 @@ export async function writeUnaligned(
     await writeAligned(tail, midZ);
   }
 }
+
+const ZEROES = Buffer.alloc(1 << 20);
+
+/** Writes zero bytes over [offset, offset+length) through `image.write`, a MiB at a time. */
+export async function writeZeroBytes(image: { write(buf: Uint8Array, offset: number): Promise<void> }, offset: number, length: number): Promise<void> {
+  for (let pos = offset; pos < offset + length; pos += ZEROES.length) {
+    await image.write(ZEROES.subarray(0, Math.min(ZEROES.length, offset + length - pos)), pos);
+  }
+}

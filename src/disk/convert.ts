@@ -12,6 +12,7 @@
  *   contiguously and in one system call.
  */
 import { PolyvisorError } from '../errors.js';
+import { writeZeroBytes } from './backing.js';
 import { mapChain } from './chain.js';
 import { createOutput } from './output.js';
 import type { BlockImage } from './image.js';
@@ -194,12 +195,8 @@ async function writeSkippingZeroes(dst: BlockImage, data: Buffer, offset: number
   return written;
 }
 
-const ZERO_CHUNK = Buffer.alloc(1 << 20);
-
 /** Makes a range read as zeroes, through the format's writeZeroes when it has one. */
 export async function writeZeroes(dst: BlockImage, offset: number, length: number): Promise<void> {
   if (dst.writeZeroes) return dst.writeZeroes(offset, length);
-  for (let pos = offset; pos < offset + length; pos += ZERO_CHUNK.length) {
-    await dst.write(ZERO_CHUNK.subarray(0, Math.min(ZERO_CHUNK.length, offset + length - pos)), pos);
-  }
+  return writeZeroBytes(dst, offset, length);
 }

@@ -14,7 +14,7 @@ import { convert } from '../../src/disk/convert.js';
 import type { BlockImage, Extent } from '../../src/disk/image.js';
 import { vdi } from '../../src/disk/formats/vdi.js';
 import { type ErrorCode } from '../../src/errors.js';
-import { imageDigest, patternBytes, qemuDigest, qemuImg, qemuImgStatus, qemuInfo, qemuIo, readAll, rejectsWith, tempDir } from '../helpers.js';
+import { imageDigest, patternBytes, qemuDigest, qemuImg, qemuImgStatus, qemuInfo, qemuIo, readAll, rejectsWith, tempDir, assertQemuReads } from '../helpers.js';
 
 const MiB = 1 << 20;
 
@@ -43,13 +43,8 @@ async function patch(file: string, fn: (b: Buffer) => void): Promise<void> {
   await writeFile(file, b);
 }
 
-/** qemu-img compare against a raw file holding `expected`. */
-async function assertQemuSees(file: string, expected: Buffer, dir: string): Promise<void> {
-  const raw = join(dir, `expected-${Math.random().toString(36).slice(2)}.raw`);
-  await writeFile(raw, expected);
-  const r = qemuImgStatus('compare', '-f', 'vdi', '-F', 'raw', file, raw);
-  assert.equal(r.status, 0, `qemu-img compare: ${r.stdout}${r.stderr}`);
-}
+/** qemu-img reads `file` as exactly `expected`. */
+const assertQemuSees = (file: string, expected: Buffer, dir: string) => assertQemuReads(file, 'vdi', expected, dir);
 
 function assertQemuCheck(file: string): void {
   const r = qemuImgStatus('check', '-f', 'vdi', file);

@@ -13,7 +13,7 @@ import { createImage, openImage } from '../../src/disk/chain.js';
 import { vhd } from '../../src/disk/formats/vhd.js';
 import { chsSectors, geometryForSectors, roundUpToGeometry, sizeFromGeometry } from '../../src/disk/formats/vhd-geometry.js';
 import { vhdChecksum } from '../../src/disk/formats/vhd-structs.js';
-import { imageDigest, patternBytes, qemuDigest, qemuImg, qemuImgStatus, qemuInfo, qemuIo, readAll, rejectsWith, tempDir } from '../helpers.js';
+import { imageDigest, patternBytes, qemuDigest, qemuImg, qemuImgStatus, qemuInfo, qemuIo, readAll, rejectsWith, tempDir, assertQemuReads } from '../helpers.js';
 
 const MiB = 1 << 20;
 
@@ -22,13 +22,8 @@ async function qemuSize(file: string): Promise<number> {
   return JSON.parse(await qemuImg('info', '--output=json', '-f', 'vpc', file))['virtual-size'] as number;
 }
 
-/** qemu-img compare against a raw file holding `expected`. */
-async function assertQemuSees(file: string, expected: Buffer, dir: string): Promise<void> {
-  const raw = join(dir, `expected-${Math.random().toString(36).slice(2)}.raw`);
-  await writeFile(raw, expected);
-  const r = qemuImgStatus('compare', '-f', 'vpc', '-F', 'raw', file, raw);
-  assert.equal(r.status, 0, `qemu-img compare: ${r.stdout}${r.stderr}`);
-}
+/** qemu-img reads `file` as exactly `expected`. */
+const assertQemuSees = (file: string, expected: Buffer, dir: string) => assertQemuReads(file, 'vpc', expected, dir);
 
 /** qemu has no check for vpc; accept that answer, refuse any other failure. */
 function assertQemuCheck(file: string): void {

@@ -27,7 +27,7 @@ import {
   setBatEntry,
 } from '../../src/disk/formats/vhdx-structs.js';
 import { isPolyvisorError } from '../../src/errors.js';
-import { imageDigest, patternBytes, qemuDigest, qemuImg, qemuImgStatus, qemuInfo, qemuIo, readAll, rejectsWith, tempDir } from '../helpers.js';
+import { imageDigest, patternBytes, qemuDigest, qemuImg, qemuImgStatus, qemuInfo, qemuIo, readAll, rejectsWith, tempDir, assertQemuReads } from '../helpers.js';
 
 const MiB = 1 << 20;
 
@@ -36,12 +36,8 @@ function assertQemuCheck(file: string): void {
   assert.equal(r.status, 0, `qemu-img check: ${r.stdout}${r.stderr}`);
 }
 
-async function assertQemuSees(file: string, expected: Buffer, dir: string): Promise<void> {
-  const raw = join(dir, `expected-${Math.random().toString(36).slice(2)}.raw`);
-  await writeFile(raw, expected);
-  const r = qemuImgStatus('compare', '-f', 'vhdx', '-F', 'raw', file, raw);
-  assert.equal(r.status, 0, `qemu-img compare: ${r.stdout}${r.stderr}`);
-}
+/** qemu-img reads `file` as exactly `expected`. */
+const assertQemuSees = (file: string, expected: Buffer, dir: string) => assertQemuReads(file, 'vhdx', expected, dir);
 
 async function patch(file: string, fn: (b: Buffer) => void): Promise<void> {
   const b = await readFile(file);

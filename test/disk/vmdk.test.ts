@@ -13,16 +13,12 @@ import { createImage, openImage } from '../../src/disk/chain.js';
 import { createOutput } from '../../src/disk/output.js';
 import { convert } from '../../src/disk/convert.js';
 import { vmdk } from '../../src/disk/formats/vmdk.js';
-import { imageDigest, patternBytes, qemuDigest, qemuImg, qemuImgStatus, qemuInfo, qemuIo, readAll, rejectsWith, tempDir } from '../helpers.js';
+import { imageDigest, patternBytes, qemuDigest, qemuImg, qemuImgStatus, qemuInfo, qemuIo, readAll, rejectsWith, tempDir, assertQemuReads } from '../helpers.js';
 
 const MiB = 1 << 20;
 
-async function assertQemuSees(file: string, expected: Buffer, dir: string): Promise<void> {
-  const raw = join(dir, `expected-${Math.random().toString(36).slice(2)}.raw`);
-  await writeFile(raw, expected);
-  const r = qemuImgStatus('compare', '-f', 'vmdk', '-F', 'raw', file, raw);
-  assert.equal(r.status, 0, `qemu-img compare: ${r.stdout}${r.stderr}`);
-}
+/** qemu-img reads `file` as exactly `expected`. */
+const assertQemuSees = (file: string, expected: Buffer, dir: string) => assertQemuReads(file, 'vmdk', expected, dir);
 
 function assertQemuCheck(file: string): void {
   const r = qemuImgStatus('check', '-f', 'vmdk', file);

@@ -25,7 +25,7 @@ import { randomUUID } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import { basename, dirname, relative, resolve } from 'node:path';
 import { PolyvisorError, hex } from '../../errors.js';
-import { checkRange, readBacking, writeUnaligned } from '../backing.js';
+import { checkRange, readBacking, writeUnaligned, writeZeroBytes } from '../backing.js';
 import type { CreateContext, DiskFormat, OpenContext } from '../format.js';
 import type { BackingRef, BlockImage, CheckResult, Extent } from '../image.js';
 import { ImageFile, alignDown, alignUp } from '../io.js';
@@ -84,8 +84,6 @@ const MAX_BAT_ENTRIES = 1 << 25;
 const MAX_LOCATOR_BYTES = 64 * KiB;
 /** Largest vectored write we issue: bounded buffers and iovecs per system call. */
 
-/** Shared zeroes for writeZeroes; never written into. */
-const ZEROES = Buffer.alloc(4 * MiB);
 /** Marks a sector bitmap with every bit set, so that full bitmaps cost no memory. */
 const FULL: Buffer = Buffer.alloc(0);
 
@@ -388,21 +386,13 @@ class VhdImage implements BlockImage {
       for (let g = offset; g < end; ) {
         const b = Math.floor(g / L.blockSize);
         const n = Math.min(L.blockSize - (g - b * L.blockSize), end - g);
-        if (this.#bat[b] !== UNALLOCATED) await this.#writeZeroRange(g, n);
+        if (this.#bat[b] !== UNALLOCATED) await writeZeroBytes(this, g, n);
         g += n;
       }
       return;
     }
     // Fixed: plain bytes. Differencing: zeroes must hide the parent, so they are stored.
-    await this.#writeZeroRange(offset, length);
-  }
-
-  async #writeZeroRange(offset: number, length: number): Promise<void> {
-    for (let pos = offset; pos < offset + length; ) {
-      const n = Math.min(ZEROES.length, offset + length - pos);
-      await this.write(ZEROES.subarray(0, n), pos);
-      pos += n;
-    }
+    await writeZeroBytes(this, offset, length);
   }
 
   async flush(): Promise<void> {

@@ -19,7 +19,7 @@
  */
 import { bitRuns, setBits, type BitOrder } from '../bitmap.js';
 import { PolyvisorError, hex } from '../../errors.js';
-import { checkRange, readBacking, writeUnaligned } from '../backing.js';
+import { checkRange, readBacking, writeUnaligned, writeZeroBytes } from '../backing.js';
 import type { BackingRef, BlockImage, CheckResult, Extent } from '../image.js';
 import { alignUp } from '../io.js';
 import { type FileView, type Region, validateBat } from './vhdx-layout.js';
@@ -53,8 +53,6 @@ export type Subformat = 'fixed' | 'dynamic' | 'differencing';
 export type LogState = 'clean' | 'replayed-in-memory' | 'replayed';
 
 /** Largest vectored write we issue: bounded buffers and iovecs per system call. */
-/** Shared zeroes for writeZeroes; never written into. */
-const ZEROES = Buffer.alloc(4 * MiB);
 /** FileOffsetMB is 44 bits; we keep offsets below 2^32 MiB so that they stay exact numbers. */
 const MAX_OFFSET_MB = 2 ** 32;
 
@@ -397,25 +395,17 @@ export class VhdxImage implements BlockImage {
       const whole = inb === 0 && n >= Math.min(bs, this.virtualSize - b * bs);
       if (allocated) {
         // Stored zeroes: freeing the block would leave its space referenced by nothing.
-        await this.#writeZeroRange(pos, n);
+        await writeZeroBytes(this, pos, n);
       } else if (this.hasParent && st === PAYLOAD_BLOCK_NOT_PRESENT) {
         if (whole) {
           // 2.5.1.1 PAYLOAD_BLOCK_ZERO: reads as zeroes and hides the parent, at no cost.
           await this.#beginWrite();
           this.#setEntry(i, PAYLOAD_BLOCK_ZERO, 0);
         } else {
-          await this.#writeZeroRange(pos, n);
+          await writeZeroBytes(this, pos, n);
         }
       }
       // Otherwise the block already reads as zeroes (no parent, or a ZERO-like state).
-      pos += n;
-    }
-  }
-
-  async #writeZeroRange(offset: number, length: number): Promise<void> {
-    for (let pos = offset; pos < offset + length; ) {
-      const n = Math.min(ZEROES.length, offset + length - pos);
-      await this.write(ZEROES.subarray(0, n), pos);
       pos += n;
     }
   }

@@ -143,3 +143,14 @@ test('Ctrl-C during convert leaves no destination and no temporary file', async 
   assert.match(err, /ERR_ABORTED/);
   assert.deepEqual(await readdir(dir), ['big.raw']);
 });
+
+test('-p draws a progress bar on a terminal (a pseudo-terminal made by script(1))', async (t) => {
+  const dir = await tempDir(t);
+  await writeFile(join(dir, 'src.raw'), patternBytes(32 << 20, 17));
+  const cmd = `${process.execPath} ${CLI} disk convert -p -O qcow2 src.raw out.qcow2`;
+  const r = spawnSync('script', ['-qec', cmd, '/dev/null'], { cwd: dir, encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stdout + r.stderr);
+  const screen = r.stdout.replace(/\x1b\[[0-9;?]*[A-Za-z]|\x1b[78]/g, '');
+  assert.match(screen, /convert \[[█░]+\] 100% \| 32 MiB \/ 32 MiB/);
+  assert.match(screen, /converted src\.raw \(raw\) to out\.qcow2 \(qcow2\)/);
+});

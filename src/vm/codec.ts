@@ -12,8 +12,11 @@ import type { VmSpec } from './spec.js';
 export interface ConversionNote {
   /** the setting: a VmSpec path ("firmware.secureBoot", "nics[1].model") or the source's own key ("vmx: sched.mem.min") */
   setting: string;
-  /** dropped: the target cannot express it; changed: it was expressed differently */
-  action: 'dropped' | 'changed';
+  /**
+   * dropped: the target cannot express it; changed: it was expressed differently; kept: written
+   * as it was, though the target cannot use it as it is (a disk left in a format it cannot open)
+   */
+  action: 'dropped' | 'changed' | 'kept';
   from?: unknown;
   to?: unknown;
   /** why, in the words of the target: "xl has no e1000e model; e1000 is the nearest it emulates" */

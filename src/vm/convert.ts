@@ -86,7 +86,16 @@ export async function convertVm(source: VmSource, target: string, outDir: string
       for (const d of source.disks) {
         const spec = source.spec.disks[d.index]!;
         const file = await resolveReferenced(source.path, diskCandidates(d.label), { allowOutsidePaths: opts.allowOutsidePaths }, 'disk file').catch(() => d.label);
-        diskFiles[d.index] = { file: resolve(file), format: spec.format ?? 'raw', capacity: spec.capacity ?? 0 };
+        const format = spec.format ?? 'raw';
+        diskFiles[d.index] = { file: resolve(file), format, capacity: spec.capacity ?? 0 };
+        if (spec.device === 'disk' && !c.diskFormats.includes(format)) {
+          notes.push({
+            setting: `disks[${d.index}].format`,
+            action: 'kept',
+            from: format,
+            reason: `${c.name} targets take ${c.diskFormats.join(', ')} disks; this ${format} disk is named as it is (--descriptor-only): convert it before the VM can start`,
+          });
+        }
       }
     } else {
       const opened: Array<{ index: number; img: BlockImage }> = [];

@@ -128,6 +128,11 @@ test('vm convert --descriptor-only leaves the disks where they are', async (t) =
   assert.deepEqual(await readdir(out), ['web01.cfg']);
   const cfg = await readFile(join(out, 'web01.cfg'), 'utf8');
   assert.ok(cfg.includes(join(dir, 'web01.qcow2')), cfg);
+  // a target that cannot open the disk's format is told so, not left to fail at start-up
+  const vmx = pv(dir, 'vm', 'convert', '--json', '--descriptor-only', 'web01.xml', '--to', 'vmx', '--out', join(dir, 'vmx'));
+  assert.equal(vmx.status, 0, vmx.stderr);
+  const notes = JSON.parse(vmx.stdout).notes as Array<{ setting: string; action: string }>;
+  assert.ok(notes.some((n) => n.setting === 'disks[0].format' && n.action === 'kept'), JSON.stringify(notes));
 });
 
 test('a descriptor naming a disk outside its folder is refused unless allowed', async (t) => {

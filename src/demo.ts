@@ -42,6 +42,27 @@ async function makeSample(path: string): Promise<void> {
   }
 }
 
+/** A libvirt domain for the sample disk: the VM the tour converts for other hypervisors. */
+const SAMPLE_DOMAIN = `<domain type='kvm'>
+  <name>sample</name>
+  <memory unit='MiB'>512</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='sample.raw'/>
+      <target dev='sda' bus='sata'/>
+    </disk>
+    <interface type='network'>
+      <mac address='52:54:00:00:00:01'/>
+      <source network='default'/>
+      <model type='e1000'/>
+    </interface>
+  </devices>
+</domain>
+`;
+
 async function main(): Promise<void> {
   await rm(dir, { recursive: true, force: true });
   await mkdir(dir, { recursive: true });
@@ -59,9 +80,18 @@ async function main(): Promise<void> {
   step('disk', 'map', 'overlay.qcow2');
   step('disk', 'check', 'sample.qcow2');
   step('disk', 'compare', 'sample.raw', 'overlay.qcow2');
+  // The same disk as a VM: described for libvirt, then packaged for VMware and XenServer.
+  await writeFile(join(dir, 'sample.xml'), SAMPLE_DOMAIN);
+  step('vm', 'inspect', 'sample.xml');
+  step('vm', 'convert', 'sample.xml', '--to', 'ova', '--out', 'for-vmware');
+  step('vm', 'convert', 'sample.xml', '--to', 'xva', '--out', 'for-xenserver');
+  step('vm', 'convert', 'sample.xml', '--to', 'hyperv', '--out', 'for-hyperv');
+  step('vm', 'inspect', 'for-vmware/sample.ova');
   process.stdout.write(
     failed === 0
-      ? '\nThe sample disk went raw -> qcow2 -> VHD, and a qcow2 overlay over the VHD reads identical to the original.\n'
+      ? '\nThe sample disk went raw -> qcow2 -> VHD, a qcow2 overlay over the VHD reads identical to the original,\n' +
+          'and the sample VM was packaged for VMware (OVA), XenServer (XVA) and Hyper-V (VHDX + PowerShell) in ' +
+          `${dir}.\n`
       : `\n${failed} step(s) failed.\n`,
   );
   process.exitCode = failed === 0 ? 0 : 1;

@@ -6,6 +6,7 @@
 import { Command, CommanderError } from 'commander';
 import { readFileSync } from 'node:fs';
 import { diskCommand } from './disk.js';
+import { verifyCommand } from './verify.js';
 import { reportError } from './run.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -26,6 +27,7 @@ export async function buildProgram(argv: string[] = process.argv): Promise<Comma
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
   program.addCommand(diskCommand());
+  program.addCommand(verifyCommand());
   if (needsVm(argv)) program.addCommand((await import('./vm.js')).vmCommand());
   // Commander exits with 1 on usage errors; scripts expect 2 for a wrong command line.
   const override = (cmd: Command) => {

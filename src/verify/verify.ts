@@ -7,7 +7,7 @@
  * - expected-text: the console shows `expect` (default: a login prompt)
  * - kernel-panic: the console shows "Kernel panic"
  * - guest-panicked: QEMU reports GUEST_PANICKED (a pvpanic device, when the machine has one)
- * - reboot-loop: more than `maxResets` RESET events, or the console shows that many boot banners
+ * - reboot-loop: more than `maxResets` reboots (RESET events), or more boot banners on the console
  * - powered-off: QEMU ended before the text appeared
  * - timeout: nothing of the above within `timeoutMs`
  * - qemu-failed: QEMU did not start (bad disk, bad spec, missing binary)
@@ -16,7 +16,8 @@
  * `outDir`, QEMU is killed and every temporary file removed.
  */
 import { createWriteStream, type WriteStream } from 'node:fs';
-import { copyFile, mkdir, open, stat } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, open, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { PolyvisorError } from '../errors.js';
 import { attachDisks, type Attached } from '../hosts/attach.js';
@@ -34,7 +35,7 @@ export interface VerifyOptions {
   /** where console.log and screenshot.png are written (created if missing) */
   outDir: string;
   signal?: AbortSignal;
-  /** RESET events (or boot banners beyond the first) tolerated before a reboot loop is declared; default 3 */
+  /** reboots (RESET events, or boot banners beyond the first) tolerated before a reboot loop is declared; default 3 */
   maxResets?: number;
   /** force an accelerator (tests force tcg); default kvm when usable */
   accel?: 'kvm' | 'tcg';
@@ -61,11 +62,14 @@ export interface VerifyResult {
 
 export const DEFAULT_EXPECT = /\blogin:\s*$/m;
 const PANIC = /Kernel panic[^\n]*/;
+/** while the console streams, a panic counts once its line is complete, so the reason is kept whole */
+const PANIC_LINE = /Kernel panic[^\n]*\n/;
 /** what a (re)boot prints on the serial console: the BIOS banner when it writes there, the kernel's */
 const BOOT_BANNER = /SeaBIOS \(version|Linux version \d/g;
 /** the console text kept for matching; the log file has all of it */
 const TAIL_BYTES = 64 * 1024;
 const CARRY = 256;
+const RESET_DEBOUNCE_MS = 2000;
 
 function vmName(spec: VmSpec): string {
   const n = spec.name.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 48);
@@ -100,7 +104,9 @@ export async function verifyVm(source: VmSource, opts: VerifyOptions): Promise<V
   const spec = hostSpec(source);
   const name = spec.name;
 
-  const driver = new QemuDriver({ accel: opts.accel, stateDir: undefined });
+  // a private state folder under tmpRoot: QEMU's command line then names only paths below it
+  const stateDir = await mkdtemp(join(opts.tmpRoot ?? tmpdir(), 'pv-verify-'));
+  const driver = new QemuDriver({ accel: opts.accel, stateDir });
   let attached: Attached | undefined;
   let log: WriteStream | undefined;
   let logged = 0;
@@ -130,8 +136,8 @@ export async function verifyVm(source: VmSource, opts: VerifyOptions): Promise<V
     carry = scan.slice(-CARRY);
     const hit = matchExpected(tail);
     if (hit !== undefined) return decide('expected-text', hit);
-    const panic = PANIC.exec(tail);
-    if (panic) return decide('kernel-panic', panic[0]);
+    const panic = PANIC_LINE.exec(tail);
+    if (panic) return decide('kernel-panic', panic[0].trimEnd());
     if (banners > maxResets + 1) decide('reboot-loop', undefined, `${banners} boots on the console`);
   };
 
@@ -156,9 +162,15 @@ export async function verifyVm(source: VmSource, opts: VerifyOptions): Promise<V
     }
     const qmp = driver.qmp(name);
     let resets = 0;
+    let lastReset = 0;
     qmp.on('GUEST_PANICKED', () => decide('guest-panicked'));
     qmp.on('RESET', () => {
-      if (++resets > maxResets) decide('reboot-loop', undefined, `${resets} resets`);
+      // one guest reboot shows as two RESET events some 40 ms apart (the guest's, then
+      // SeaBIOS resetting the machine again on its warm-boot path): count reboots, not events
+      const now = Date.now();
+      if (now - lastReset > RESET_DEBOUNCE_MS) resets++;
+      lastReset = now;
+      if (resets > maxResets) decide('reboot-loop', undefined, `${resets} reboots`);
     });
     qmp.on('SHUTDOWN', (data?: { reason?: string }) => {
       // the last console bytes may still be in flight: give them a moment before deciding
@@ -176,6 +188,8 @@ export async function verifyVm(source: VmSource, opts: VerifyOptions): Promise<V
     timer = setTimeout(() => decide('timeout'), timeoutMs);
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     let v = await verdict;
+    // freeze the guest at once, so the screenshot shows the moment of the verdict
+    await qmp.execute('stop', undefined, { timeoutMs: 2000 }).catch(() => undefined);
     if (v.reason === 'powered-off' || v.reason === 'timeout') {
       // the socket may have missed early output: judge QEMU's complete log once more
       const full = await readTail(driver.paths(name).serialLog);
@@ -209,6 +223,7 @@ export async function verifyVm(source: VmSource, opts: VerifyOptions): Promise<V
     opts.signal?.removeEventListener('abort', onAbort);
     await driver.dispose().catch(() => undefined);
     await attached?.close().catch(() => undefined);
+    await rm(stateDir, { recursive: true, force: true });
     await endLog();
   }
 

@@ -5,9 +5,11 @@
  * variant is the cached initrd.gz followed by a small gzip'd cpio holding only the new /init.
  *
  *   all-disks  loads the drivers, prints `POLYVISOR-DISK <dev> <sha256>` for every virtio disk,
- *              then `POLYVISOR-DONE`, and powers off
+ *              then `POLYVISOR-DONE`, and powers off (with `pv.hold` on the command line it
+ *              stays up instead)
  *   panic      prints a line and exits: the kernel panics with "Attempted to kill init"
  *   hang       prints nothing and sleeps for ever
+ *   reboot     prints a line and reboots at once, every boot (a reboot loop)
  */
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -18,7 +20,7 @@ import { buildTestGuest, cacheRoot, type TestGuest } from './build.js';
 
 const run = promisify(execFile);
 
-export type GuestVariant = 'all-disks' | 'panic' | 'hang';
+export type GuestVariant = 'all-disks' | 'panic' | 'hang' | 'reboot';
 
 export const DONE_MARKER = 'POLYVISOR-DONE';
 
@@ -35,11 +37,16 @@ for d in /dev/vd?; do
   [ -b $d ] && echo "POLYVISOR-DISK \${d#/dev/} $(sha256sum $d | cut -d' ' -f1)"
 done
 echo ${DONE_MARKER}
+if grep -q pv.hold /proc/cmdline; then while true; do sleep 1; done; fi
 poweroff -f
 `,
   panic: `#!/bin/busybox sh
 echo POLYVISOR-GOING-DOWN
 exit 1
+`,
+  reboot: `#!/bin/busybox sh
+echo POLYVISOR-REBOOTING
+/bin/busybox reboot -f
 `,
   hang: `#!/bin/busybox sh
 while true; do /bin/busybox sleep 1000; done

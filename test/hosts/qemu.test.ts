@@ -451,3 +451,17 @@ describe('real boots under TCG', () => {
     await d.dispose();
   });
 });
+
+test('KVM is used only when a probe guest really runs under it', async () => {
+  const { kvmWorks } = await import('../../src/hosts/qemu/kvm.js');
+  const { kvmUsable } = await import('../../src/hosts/qemu/argv.js');
+  const works = await kvmWorks();
+  // no /dev/kvm: never KVM. With one, the probe decides; here it is either answer, but it must
+  // agree with a real boot under KVM, which this test then runs.
+  if (!kvmUsable()) assert.equal(works, false);
+  const G = await buildTestGuest();
+  const r = spawnSync('qemu-system-x86_64', ['-accel', 'kvm', '-cpu', 'host', '-m', '256', '-display', 'none', '-serial', 'stdio', '-no-reboot',
+    '-kernel', G.kernel, '-initrd', G.initrd, '-append', 'console=ttyS0 quiet panic=-1'], { encoding: 'utf8', timeout: 30_000 });
+  const booted = (r.stdout ?? '').includes(GUEST_MARKER);
+  assert.equal(works, booted, `probe says ${works}, a real KVM boot ${booted ? 'reached' : 'did not reach'} the guest's marker`);
+});

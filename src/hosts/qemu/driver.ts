@@ -15,7 +15,8 @@ import { deflateSync } from 'node:zlib';
 import { PolyvisorError } from '../../errors.js';
 import type { ConversionNote } from '../../vm/codec.js';
 import type { DefineInput, DriverCapabilities, HypervisorDriver, StopOptions, StopResult, VmListEntry, VmState } from '../driver.js';
-import { buildQemuArgv, type ArgvOptions, QEMU_FORMATS } from './argv.js';
+import { buildQemuArgv, type ArgvOptions, QEMU_FORMATS, kvmUsable } from './argv.js';
+import { kvmWorks } from './kvm.js';
 import { QmpClient } from './qmp.js';
 
 export interface QemuDriverOptions extends ArgvOptions {
@@ -134,8 +135,16 @@ export class QemuDriver implements HypervisorDriver {
     if (vm.state !== 'defined') throw new PolyvisorError('ERR_INVALID_OPTION', `qemu: ${name} is already running`);
     const p = vm.paths;
     await Promise.all([p.qmpSocket, p.serialSocket, p.serialLog, p.pidfile].map((f) => rm(f, { force: true })));
-    const built = buildQemuArgv(vm.input.spec, vm.input.disks, { ...p, noReboot: this.#opts.noReboot }, this.#argvOptions());
-    if (built.notice) this.notices.push(built.notice);
+    // KVM only when a probe guest really runs under it (kvm.ts); otherwise TCG, said once.
+    const accel = this.#opts.accel ?? ((await kvmWorks(this.#opts.binary)) ? 'kvm' : 'tcg');
+    const built = buildQemuArgv(vm.input.spec, vm.input.disks, { ...p, noReboot: this.#opts.noReboot }, { ...this.#argvOptions(), accel });
+    if (!this.#opts.accel && accel === 'tcg') {
+      this.notices.push(
+        kvmUsable()
+          ? 'qemu: /dev/kvm is present but a KVM probe guest does not run on this host; running under TCG software emulation (slow)'
+          : 'qemu: /dev/kvm is not usable; running under TCG software emulation (slow)',
+      );
+    }
     if (built.uefiVarsTemplate) {
       // the variable store is per VM and persists across starts: copied from the template once
       try {

@@ -17,7 +17,7 @@ export function verifyCommand(): Command {
     .option('--expect <text>', 'text the serial console must show (default: a login prompt)')
     .option('--timeout <seconds>', 'give up after this many seconds', '120')
     .option('--out <dir>', 'folder for console.log and screenshot.png (default: a new temporary folder)')
-    .addOption(new Option('--accel <accel>', 'force the accelerator (default: kvm when /dev/kvm is usable, else tcg)').choices(['kvm', 'tcg']))
+    .addOption(new Option('--accel <accel>', 'force the accelerator (default: kvm when a probe guest runs under it, else tcg)').choices(['kvm', 'tcg']))
     .option('--json', 'print machine-readable JSON')
     .option('--allow-outside-paths', "follow disk files outside the descriptor's folder")
     .action(async (path: string, o) => {

@@ -25,6 +25,8 @@ export const ERROR_CODES = {
   ERR_READ_ONLY: { exit: 1, summary: 'a write was attempted on an image opened read-only' },
   ERR_RANGE: { exit: 1, summary: 'a read or write lies outside the virtual disk' },
   ERR_IO: { exit: 1, summary: 'the operating system reported an I/O error' },
+  ERR_HOST: { exit: 1, summary: "a hypervisor host refused a command; the message quotes the host's own words and the command" },
+  ERR_VM_STATE: { exit: 1, summary: 'the VM is not in a state that allows the operation (starting a running VM, removing one that runs)' },
   ERR_ABORTED: { exit: 130, summary: 'the operation was cancelled' },
   ERR_INTERNAL: { exit: 70, summary: 'a bug in Polyvisor: please report it with the command line' },
 } as const;

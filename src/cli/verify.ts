@@ -29,7 +29,7 @@ export function verifyCommand(): Command {
       const { verifyVm } = await import('../verify/verify.js');
       const source = await openVmSource(path, { allowOutsidePaths: o.allowOutsidePaths });
       try {
-        const r = await withSignal((signal) => verifyVm(source, { expect: o.expect, timeoutMs: timeout * 1000, outDir, signal, accel: o.accel }));
+        const r = await withSignal((signal) => verifyVm(source, { expect: o.expect, timeoutMs: timeout * 1000, outDir, signal, accel: o.accel, allowOutsidePaths: o.allowOutsidePaths }));
         if (o.json) out(JSON.stringify({ source: path, ...r }, null, 2));
         else {
           const what = r.ok ? `came up (${JSON.stringify(r.matched)})` : `FAILED: ${r.reason}${r.detail ? ` (${r.detail})` : ''}${r.matched ? `: ${r.matched}` : ''}`;

@@ -18,11 +18,12 @@
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, open, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, isAbsolute, join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { PolyvisorError } from '../errors.js';
 import { attachDisks, type Attached } from '../hosts/attach.js';
 import { QemuDriver } from '../hosts/qemu/driver.js';
 import type { VmSource } from '../vm/codec.js';
+import { withHostBootFiles } from '../vm/source.js';
 import type { VmSpec } from '../vm/spec.js';
 
 export type VerifyReason = 'expected-text' | 'kernel-panic' | 'guest-panicked' | 'reboot-loop' | 'timeout' | 'powered-off' | 'qemu-failed';
@@ -41,6 +42,8 @@ export interface VerifyOptions {
   accel?: 'kvm' | 'tcg';
   /** where the QEMU state folder and the disk overlays go; default the OS temp dir */
   tmpRoot?: string;
+  /** follow a kernel or ramdisk the descriptor names outside its own folder */
+  allowOutsidePaths?: boolean;
   /** called with each piece of console text as it arrives */
   onConsole?: (text: string) => void;
 }
@@ -76,18 +79,6 @@ function vmName(spec: VmSpec): string {
   return n || 'verify';
 }
 
-/** A descriptor may name its kernel relative to its own folder; QEMU needs the real path. */
-function hostSpec(source: VmSource): VmSpec {
-  const spec = { ...source.spec, name: vmName(source.spec) };
-  const b = spec.boot;
-  if (b) {
-    const base = dirname(resolve(source.path));
-    const abs = (p: string | undefined) => (p === undefined || isAbsolute(p) ? p : join(base, p));
-    spec.boot = { ...b, kernel: abs(b.kernel), ramdisk: abs(b.ramdisk) };
-  }
-  return spec;
-}
-
 export async function verifyVm(source: VmSource, opts: VerifyOptions): Promise<VerifyResult> {
   const timeoutMs = opts.timeoutMs ?? 120_000;
   const maxResets = opts.maxResets ?? 3;
@@ -101,7 +92,7 @@ export async function verifyVm(source: VmSource, opts: VerifyOptions): Promise<V
   await mkdir(opts.outDir, { recursive: true });
   const consoleLog = join(opts.outDir, 'console.log');
   const screenshotPath = join(opts.outDir, 'screenshot.png');
-  const spec = hostSpec(source);
+  const spec = { ...(await withHostBootFiles(source, { allowOutsidePaths: opts.allowOutsidePaths })), name: vmName(source.spec) };
   const name = spec.name;
 
   // a private state folder under tmpRoot: QEMU's command line then names only paths below it

@@ -6,10 +6,11 @@
  */
 import { open, readdir, stat } from 'node:fs/promises';
 import { basename, extname, join, relative } from 'node:path';
-import { PolyvisorError, fromSystemError } from '../errors.js';
+import { PolyvisorError, fromSystemError, isPolyvisorError } from '../errors.js';
 import { openImage, resolveReferenced } from '../disk/chain.js';
 import type { SourceDisk, VmCodec, VmPackage, VmSource } from './codec.js';
 import { CODECS, PACKAGES } from './registry.js';
+import type { VmSpec } from './spec.js';
 
 export interface OpenVmOptions {
   /** follow disk files outside the descriptor's folder */
@@ -159,3 +160,26 @@ async function findDescriptor(dir: string, opts: OpenVmOptions): Promise<string>
   }
   return found[0]!.path;
 }
+
+/**
+ * The spec with its direct-boot kernel and ramdisk resolved to real host files. A descriptor
+ * names them as its own host saw them (a Xen dom0's /var/lib/xen/images/vmlinuz): they are
+ * found by the same folder rule as disks (relative to the descriptor, or by file name beside
+ * it), so that a descriptor from elsewhere cannot make the engine read a host file the user
+ * did not name. A missing file is left as recorded: the engine notes that it cannot boot it.
+ */
+export async function withHostBootFiles(source: VmSource, opts: { allowOutsidePaths?: boolean } = {}): Promise<VmSpec> {
+  const b = source.spec.boot;
+  if (!b || (b.kernel === undefined && b.ramdisk === undefined)) return source.spec;
+  const find = async (recorded: string | undefined, what: string) => {
+    if (recorded === undefined) return undefined;
+    try {
+      return await resolveReferenced(source.path, diskCandidates(recorded), { allowOutsidePaths: opts.allowOutsidePaths }, what);
+    } catch (e) {
+      if (isPolyvisorError(e, 'ERR_NOT_FOUND')) return recorded;
+      throw e;
+    }
+  };
+  return { ...source.spec, boot: { ...b, kernel: await find(b.kernel, 'kernel'), ramdisk: await find(b.ramdisk, 'ramdisk') } };
+}
+

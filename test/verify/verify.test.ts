@@ -133,7 +133,7 @@ describe('verify: real boots under TCG', () => {
     const src = await openVmSource(xml.good!);
     const outDir = join(dir, 'out-good');
     try {
-      const r = await verifyVm(src, { expect: DONE_MARKER, timeoutMs: 60_000, outDir, accel: 'tcg', tmpRoot: dir });
+      const r = await verifyVm(src, { expect: DONE_MARKER, timeoutMs: 60_000, outDir, accel: 'tcg', tmpRoot: dir, allowOutsidePaths: true });
       console.log(`# good guest: ${r.reason} after ${r.seconds} s`);
       assert.equal(r.reason, 'expected-text', `console: ${readFileSync(r.consoleLog, 'utf8').slice(-2000)}`);
       assert.equal(r.ok, true);
@@ -150,7 +150,7 @@ describe('verify: real boots under TCG', () => {
   test('a guest whose init exits: kernel-panic', async () => {
     const src = await openVmSource(xml.panic!);
     try {
-      const r = await verifyVm(src, { expect: GUEST_MARKER, timeoutMs: 60_000, outDir: join(dir, 'out-panic'), accel: 'tcg', tmpRoot: dir });
+      const r = await verifyVm(src, { expect: GUEST_MARKER, timeoutMs: 60_000, outDir: join(dir, 'out-panic'), accel: 'tcg', tmpRoot: dir, allowOutsidePaths: true });
       console.log(`# panicking guest: ${r.reason} after ${r.seconds} s`);
       assert.equal(r.ok, false);
       assert.equal(r.reason, 'kernel-panic');
@@ -189,7 +189,7 @@ describe('verify: real boots under TCG', () => {
   test('a guest that reboots at once, every boot: reboot-loop', async () => {
     const src = await openVmSource(xml.reboot!);
     try {
-      const r = await verifyVm(src, { expect: GUEST_MARKER, timeoutMs: 60_000, maxResets: 1, outDir: join(dir, 'out-reboot'), accel: 'tcg', tmpRoot: dir });
+      const r = await verifyVm(src, { expect: GUEST_MARKER, timeoutMs: 60_000, maxResets: 1, outDir: join(dir, 'out-reboot'), accel: 'tcg', tmpRoot: dir, allowOutsidePaths: true });
       console.log(`# rebooting guest: ${r.reason} after ${r.seconds} s (${r.detail})`);
       assert.equal(r.ok, false);
       assert.equal(r.reason, 'reboot-loop');

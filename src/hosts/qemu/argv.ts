@@ -26,6 +26,8 @@ export const QEMU_FORMATS: Record<string, string> = { raw: 'raw', qcow2: 'qcow2'
 
 export interface QemuRuntime {
   qmpSocket: string;
+  /** a second QMP monitor, for other processes while the first is held (QEMU serves one client per monitor) */
+  qmpControlSocket?: string;
   serialSocket: string;
   /** everything the guest writes to serial0 is also kept here (the chardev `logfile` option) */
   serialLog?: string;
@@ -35,6 +37,15 @@ export interface QemuRuntime {
   /** the per-VM copy of the UEFI variable store; required when firmware is UEFI */
   uefiVars?: string;
   noReboot?: boolean;
+  /** `-S`: the CPUs wait for a QMP `cont`, so a console can attach before the guest prints anything */
+  startPaused?: boolean;
+  /** fork into the background once ready (`-daemonize`; needs `pidfile`) so QEMU outlives the caller */
+  daemonize?: boolean;
+  /**
+   * add a pvpanic device (QEMU's docs/specs/pvpanic.rst): a guest with the driver reports its
+   * kernel panic to the host as a GUEST_PANICKED event instead of only printing it
+   */
+  pvpanic?: boolean;
 }
 
 export interface ArgvOptions {
@@ -196,8 +207,15 @@ export function buildQemuArgv(spec: VmSpec, disks: Array<DiskAttachment | undefi
   }
 
   a.push('-qmp', `unix:${optValue(rt.qmpSocket)},server=on,wait=off`);
+  if (rt.qmpControlSocket) a.push('-qmp', `unix:${optValue(rt.qmpControlSocket)},server=on,wait=off`);
   if (rt.pidfile) a.push('-pidfile', rt.pidfile);
   if (rt.noReboot) a.push('-no-reboot');
+  if (rt.pvpanic) a.push('-device', 'pvpanic');
+  if (rt.startPaused) a.push('-S');
+  if (rt.daemonize) {
+    if (!rt.pidfile) throw new PolyvisorError('ERR_INTERNAL', 'qemu: -daemonize needs a pidfile');
+    a.push('-daemonize');
+  }
   // no stray state: defaults off for monitor/parallel, which would otherwise grab stdio
   a.push('-monitor', 'none', '-parallel', 'none');
   return { argv: a, notes, accel, machine, notice, uefiVarsTemplate };

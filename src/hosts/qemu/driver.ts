@@ -2,8 +2,15 @@
  * The local QEMU engine: runs each VM as a qemu-system-x86_64 child process, controlled over
  * QMP (./qmp.ts) with its serial console on a Unix socket.
  *
- * No process is ever left behind: every child is tracked, `dispose()` kills them, and a
- * `process.on('exit')` hook SIGKILLs any that are still running when Node exits.
+ * Two ways to run a VM:
+ * - as a child (the default): every child is tracked, `dispose()` kills them, and a
+ *   `process.on('exit')` hook SIGKILLs any still running when Node exits, so no QEMU is left behind;
+ * - detached (`detached: true`, what the VM store uses): QEMU daemonizes once its sockets are
+ *   open and outlives this process; a later process takes it over with `adopt()`, knowing it by
+ *   the pid in its pidfile (./process.ts checks the pid still is that QEMU).
+ * A detached VM has a second QMP socket, `control.sock`: QEMU serves one client per monitor,
+ * so the process that started the VM keeps `qmp.sock` for events while short commands from
+ * other processes (stop, pause, screenshot) use the other.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { copyFile, mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
@@ -17,6 +24,7 @@ import type { ConversionNote } from '../../vm/codec.js';
 import type { DefineInput, DriverCapabilities, HypervisorDriver, StopOptions, StopResult, VmListEntry, VmState } from '../driver.js';
 import { buildQemuArgv, type ArgvOptions, QEMU_FORMATS, kvmUsable } from './argv.js';
 import { kvmWorks } from './kvm.js';
+import { qemuAlive, readPidfile, whenGone } from './process.js';
 import { QmpClient } from './qmp.js';
 
 export interface QemuDriverOptions extends ArgvOptions {
@@ -27,6 +35,10 @@ export interface QemuDriverOptions extends ArgvOptions {
   startTimeoutMs?: number;
   /** pass -no-reboot: a guest reboot ends the VM (tests want this) */
   noReboot?: boolean;
+  /** QEMU daemonizes and outlives this process (see the module comment) */
+  detached?: boolean;
+  /** give guests a pvpanic device, so that a panic is reported as GUEST_PANICKED */
+  pvpanic?: boolean;
 }
 
 export interface QemuPaths {
@@ -36,6 +48,16 @@ export interface QemuPaths {
   serialLog: string;
   pidfile: string;
   uefiVars: string;
+  /** the second QMP socket of a detached VM, for commands from other processes */
+  controlSocket: string;
+}
+
+/** A running QEMU: our child, or a daemon known by its pid. */
+interface Proc {
+  pid: number | undefined;
+  /** resolves when the process has ended */
+  exited: Promise<void>;
+  kill(): void;
 }
 
 interface Vm {
@@ -43,8 +65,7 @@ interface Vm {
   paths: QemuPaths;
   state: VmState;
   notes: ConversionNote[];
-  child?: ChildProcess;
-  exited?: Promise<void>;
+  proc?: Proc;
   qmp?: QmpClient;
   stderr: string;
 }
@@ -83,6 +104,8 @@ export class QemuDriver implements HypervisorDriver {
   /** true when the driver made the state folder itself, so dispose() removes it */
   #ownStateDir = false;
   #vms = new Map<string, Vm>();
+  /** stops the pid polls of detached VMs */
+  #gone: Array<() => void> = [];
 
   constructor(opts: QemuDriverOptions = {}) {
     this.#opts = opts;
@@ -105,6 +128,7 @@ export class QemuDriver implements HypervisorDriver {
       serialLog: join(dir, 'serial.log'),
       pidfile: join(dir, 'qemu.pid'),
       uefiVars: join(dir, 'uefi-vars.fd'),
+      controlSocket: join(dir, 'control.sock'),
     };
     if (paths.serialSocket.length > MAX_SOCKET_PATH) throw new PolyvisorError('ERR_INVALID_OPTION', `qemu: state folder ${this.#stateDir} is too deep for a Unix socket path`);
     // build once now so that a spec QEMU cannot run is refused at define time
@@ -126,18 +150,39 @@ export class QemuDriver implements HypervisorDriver {
   /** The QMP connection of a running VM, for events and commands not covered by the slots. */
   qmp(name: string): QmpClient {
     const vm = this.#vm(name);
-    if (!vm.qmp || vm.qmp.closed) throw new PolyvisorError('ERR_INVALID_OPTION', `qemu: ${name} is not running`);
+    if (!vm.qmp || vm.qmp.closed) throw new PolyvisorError('ERR_VM_STATE', `qemu: ${name} is not running`);
     return vm.qmp;
   }
 
-  async start(name: string): Promise<void> {
+  /** The pid of a running VM's QEMU. */
+  pid(name: string): number | undefined {
+    return this.#vm(name).proc?.pid;
+  }
+
+  /**
+   * Takes over a detached VM that an earlier process started: `define()` first, then this with
+   * the pid from its pidfile. Returns false (and leaves the VM defined, not running) when that
+   * QEMU is gone.
+   */
+  async adopt(name: string, pid: number): Promise<boolean> {
     const vm = this.#vm(name);
-    if (vm.state !== 'defined') throw new PolyvisorError('ERR_INVALID_OPTION', `qemu: ${name} is already running`);
+    if (vm.proc) throw new PolyvisorError('ERR_VM_STATE', `qemu: ${name} is already running`);
+    if (!qemuAlive(pid, vm.paths.qmpSocket)) return false;
+    this.#attachDaemon(vm, pid);
+    return true;
+  }
+
+  /** `paused`: the guest's CPUs wait for resume() (attach a console first, then resume: no output is missed) */
+  async start(name: string, opts: { paused?: boolean } = {}): Promise<void> {
+    const vm = this.#vm(name);
+    if (vm.proc) throw new PolyvisorError('ERR_VM_STATE', `qemu: ${name} is already running`);
     const p = vm.paths;
-    await Promise.all([p.qmpSocket, p.serialSocket, p.serialLog, p.pidfile].map((f) => rm(f, { force: true })));
+    await Promise.all([p.qmpSocket, p.controlSocket, p.serialSocket, p.serialLog, p.pidfile].map((f) => rm(f, { force: true })));
     // KVM only when a probe guest really runs under it (kvm.ts); otherwise TCG, said once.
     const accel = this.#opts.accel ?? ((await kvmWorks(this.#opts.binary)) ? 'kvm' : 'tcg');
-    const built = buildQemuArgv(vm.input.spec, vm.input.disks, { ...p, noReboot: this.#opts.noReboot }, { ...this.#argvOptions(), accel });
+    const detached = !!this.#opts.detached;
+    const runtime = { ...p, noReboot: this.#opts.noReboot, pvpanic: this.#opts.pvpanic, daemonize: detached, startPaused: opts.paused, qmpControlSocket: detached ? p.controlSocket : undefined };
+    const built = buildQemuArgv(vm.input.spec, vm.input.disks, runtime, { ...this.#argvOptions(), accel });
     if (!this.#opts.accel && accel === 'tcg') {
       this.notices.push(
         kvmUsable()
@@ -155,78 +200,143 @@ export class QemuDriver implements HypervisorDriver {
         if (code !== 'EEXIST') throw e;
       }
     }
-    const child = spawn(this.#opts.binary ?? 'qemu-system-x86_64', built.argv, { stdio: ['ignore', 'ignore', 'pipe'] });
-    track(child);
-    vm.child = child;
+    const binary = this.#opts.binary ?? 'qemu-system-x86_64';
     vm.stderr = '';
+    if (this.#opts.detached) await this.#spawnDaemon(vm, binary, built.argv);
+    else {
+      this.#spawnChild(vm, binary, built.argv);
+      vm.state = 'running';
+    }
+    try {
+      vm.qmp = await this.#connect(vm, vm.paths.qmpSocket);
+    } catch (e) {
+      await this.#killProc(vm);
+      throw e;
+    }
+    this.#watchState(vm, vm.qmp);
+  }
+
+  #spawnChild(vm: Vm, binary: string, argv: string[]): void {
+    const child = spawn(binary, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
+    track(child);
+    this.#captureStderr(vm, child);
+    let failed = false;
+    const exited = new Promise<void>((resolve) => {
+      child.once('exit', () => resolve());
+      // spawn failed (no such binary): 'exit' never comes
+      child.once('error', (e) => {
+        vm.stderr += e.message;
+        failed = true;
+        resolve();
+      });
+    });
+    vm.proc = { pid: child.pid, exited, kill: () => !failed && child.exitCode === null && child.kill('SIGKILL') };
+    void exited.then(() => this.#ended(vm));
+  }
+
+  /**
+   * `-daemonize`: the process we spawn exits once QEMU is ready (sockets open, pidfile
+   * written) and the VM runs on in a grandchild we do not own.
+   */
+  async #spawnDaemon(vm: Vm, binary: string, argv: string[]): Promise<void> {
+    const child = spawn(binary, argv, { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
+    this.#captureStderr(vm, child);
+    const code = await new Promise<number | null>((resolve) => {
+      child.once('exit', (c) => resolve(c));
+      child.once('error', (e) => {
+        vm.stderr += e.message;
+        resolve(-1);
+      });
+    });
+    if (code !== 0) throw new PolyvisorError('ERR_IO', `qemu: exited while starting: ${vm.stderr.trim() || `status ${code}`}`);
+    const pid = await readPidfile(vm.paths.pidfile);
+    if (pid === undefined || !qemuAlive(pid, vm.paths.qmpSocket)) throw new PolyvisorError('ERR_IO', `qemu: started but is not running: ${vm.stderr.trim() || 'no message'}`, { file: vm.paths.pidfile });
+    this.#attachDaemon(vm, pid);
+  }
+
+  #attachDaemon(vm: Vm, pid: number): void {
+    const gone = whenGone(pid, vm.paths.qmpSocket);
+    vm.proc = {
+      pid,
+      exited: gone.done,
+      kill: () => {
+        if (qemuAlive(pid, vm.paths.qmpSocket)) process.kill(pid, 'SIGKILL');
+      },
+    };
+    vm.state = 'running';
+    void gone.done.then(() => this.#ended(vm));
+    this.#gone.push(gone.cancel);
+  }
+
+  #captureStderr(vm: Vm, child: ChildProcess): void {
     child.stderr!.setEncoding('utf8');
     child.stderr!.on('data', (s: string) => {
       vm.stderr = (vm.stderr + s).slice(-4096); // only the tail explains a failure
     });
-    vm.exited = new Promise<void>((resolve) => {
-      child.once('exit', () => {
-        vm.qmp?.close();
-        vm.qmp = undefined;
-        vm.child = undefined;
-        vm.state = 'defined';
-        resolve();
-      });
-      // spawn failed (no such binary): 'exit' never comes
-      child.once('error', (e) => {
-        vm.stderr += e.message;
-        vm.child = undefined;
-        vm.state = 'defined';
-        resolve();
-      });
-    });
-    vm.state = 'running';
-    try {
-      vm.qmp = await this.#connect(vm, child);
-    } catch (e) {
-      await this.#killChild(vm);
-      throw e;
-    }
-    vm.qmp.on('STOP', () => vm.child && (vm.state = 'paused'));
-    vm.qmp.on('RESUME', () => vm.child && (vm.state = 'running'));
+  }
+
+  #ended(vm: Vm): void {
+    vm.qmp?.close();
+    vm.qmp = undefined;
+    vm.proc = undefined;
+    vm.state = 'defined';
+  }
+
+  #watchState(vm: Vm, qmp: QmpClient): void {
+    qmp.on('STOP', () => vm.proc && (vm.state = 'paused'));
+    qmp.on('RESUME', () => vm.proc && (vm.state = 'running'));
+  }
+
+  /** A QMP connection for a command: the one this process holds, else the control socket. */
+  async #qmpFor(vm: Vm, name: string): Promise<QmpClient> {
+    if (!vm.proc) throw new PolyvisorError('ERR_VM_STATE', `qemu: ${name} is not running`);
+    if (vm.qmp && !vm.qmp.closed) return vm.qmp;
+    const qmp = await QmpClient.connect(vm.paths.controlSocket, { connectTimeoutMs: 5000 });
+    vm.qmp = qmp;
+    return qmp;
   }
 
   /** Waits for the VM's process to end (the guest powered off); false on timeout. */
   async waitForExit(name: string, timeoutMs: number): Promise<boolean> {
     const vm = this.#vm(name);
-    if (!vm.child || !vm.exited) return true;
-    return waitWithin(vm.exited, timeoutMs);
+    if (!vm.proc) return true;
+    return waitWithin(vm.proc.exited, timeoutMs);
   }
 
   async stop(name: string, options: StopOptions = {}): Promise<StopResult> {
     const vm = this.#vm(name);
-    if (!vm.child) return 'graceful';
+    const proc = vm.proc;
+    if (!proc) return 'graceful';
     const timeout = options.timeoutMs ?? 30_000;
+    const qmp = await this.#qmpFor(vm, name).catch(() => undefined);
     // ACPI power button (QMP system_powerdown): the guest decides whether to obey
-    await vm.qmp?.execute('system_powerdown').catch(() => undefined);
-    if (await waitWithin(vm.exited!, timeout)) return 'graceful';
+    await qmp?.execute('system_powerdown').catch(() => undefined);
+    if (await waitWithin(proc.exited, timeout)) return 'graceful';
     // `quit` ends QEMU cleanly (flushes disk caches); SIGKILL when even that does not answer
-    await vm.qmp?.execute('quit', undefined, { timeoutMs: 2000 }).catch(() => undefined);
-    if (!(await waitWithin(vm.exited!, 3000))) await this.#killChild(vm);
+    await qmp?.execute('quit', undefined, { timeoutMs: 2000 }).catch(() => undefined);
+    if (!(await waitWithin(proc.exited, 3000))) await this.#killProc(vm);
     return 'forced';
   }
 
   async kill(name: string): Promise<void> {
-    await this.#killChild(this.#vm(name));
+    await this.#killProc(this.#vm(name));
   }
 
   async pause(name: string): Promise<void> {
-    await this.qmp(name).execute('stop');
-    this.#vm(name).state = 'paused';
+    const vm = this.#vm(name);
+    await (await this.#qmpFor(vm, name)).execute('stop');
+    vm.state = 'paused';
   }
 
   async resume(name: string): Promise<void> {
-    await this.qmp(name).execute('cont');
-    this.#vm(name).state = 'running';
+    const vm = this.#vm(name);
+    await (await this.#qmpFor(vm, name)).execute('cont');
+    vm.state = 'running';
   }
 
   async console(name: string): Promise<Duplex> {
     const vm = this.#vm(name);
-    if (!vm.child) throw new PolyvisorError('ERR_INVALID_OPTION', `qemu: ${name} is not running`);
+    if (!vm.proc) throw new PolyvisorError('ERR_VM_STATE', `qemu: ${name} is not running`);
     const sock = createConnection({ path: vm.paths.serialSocket });
     await new Promise<void>((resolve, reject) => {
       sock.once('connect', resolve);
@@ -239,7 +349,7 @@ export class QemuDriver implements HypervisorDriver {
     const vm = this.#vm(name);
     const ppm = join(vm.paths.dir, 'screen.ppm');
     // QMP screendump writes the primary console as a binary PPM (P6)
-    await this.qmp(name).execute('screendump', { filename: ppm });
+    await (await this.#qmpFor(vm, name)).execute('screendump', { filename: ppm });
     const png = ppmToPng(await readFile(ppm), ppm);
     await rm(ppm, { force: true });
     const tmp = `${pngPath}.tmp-${process.pid}`;
@@ -248,19 +358,24 @@ export class QemuDriver implements HypervisorDriver {
   }
 
   async list(): Promise<VmListEntry[]> {
-    return [...this.#vms.entries()].map(([name, vm]) => ({ name, state: vm.state, pid: vm.child?.pid }));
+    return [...this.#vms.entries()].map(([name, vm]) => ({ name, state: vm.state, pid: vm.proc?.pid }));
   }
 
   async undefine(name: string): Promise<void> {
     const vm = this.#vm(name);
-    if (vm.child) throw new PolyvisorError('ERR_INVALID_OPTION', `qemu: ${name} is running; stop it first`);
+    if (vm.proc) throw new PolyvisorError('ERR_VM_STATE', `qemu: ${name} is running; stop it first`);
     this.#vms.delete(name);
     await rm(vm.paths.dir, { recursive: true, force: true });
   }
 
-  /** Kills every VM this driver started, and removes the state folder if the driver made it. */
+  /**
+   * Kills every VM this driver runs as a child, and removes the state folder if the driver made
+   * it. Detached VMs keep running (that is what detached means); only this process's
+   * connections to them are closed.
+   */
   async dispose(): Promise<void> {
-    await Promise.all([...this.#vms.values()].map((vm) => this.#killChild(vm)));
+    for (const cancel of this.#gone.splice(0)) cancel();
+    await Promise.all([...this.#vms.values()].map((vm) => (this.#opts.detached ? vm.qmp?.close() : this.#killProc(vm))));
     if (this.#ownStateDir && this.#stateDir) await rm(this.#stateDir, { recursive: true, force: true });
   }
 
@@ -274,35 +389,26 @@ export class QemuDriver implements HypervisorDriver {
     return vm;
   }
 
-  async #killChild(vm: Vm): Promise<void> {
-    const child = vm.child;
-    if (!child) return;
-    child.kill('SIGKILL');
-    await vm.exited;
+  async #killProc(vm: Vm): Promise<void> {
+    const proc = vm.proc;
+    if (!proc) return;
+    proc.kill();
+    await proc.exited;
   }
 
   /** Polls for the QMP socket until QEMU has created it, QEMU exits, or the timeout passes. */
-  async #connect(vm: Vm, child: ChildProcess): Promise<QmpClient> {
+  async #connect(vm: Vm, socket: string): Promise<QmpClient> {
     const deadline = Date.now() + (this.#opts.startTimeoutMs ?? 10_000);
     let died = false;
-    const onExit = () => (died = true);
-    child.once('exit', onExit);
-    child.once('error', onExit);
-    try {
-      for (;;) {
-        if (died || child.exitCode !== null) {
-          throw new PolyvisorError('ERR_IO', `qemu: exited while starting: ${vm.stderr.trim() || 'no message'}`);
-        }
-        try {
-          return await QmpClient.connect(vm.paths.qmpSocket, { connectTimeoutMs: 5000 });
-        } catch (e) {
-          if (Date.now() > deadline) throw new PolyvisorError('ERR_IO', `qemu: QMP socket did not answer: ${(e as Error).message}`, { cause: e });
-          await new Promise((r) => setTimeout(r, 50));
-        }
+    void vm.proc?.exited.then(() => (died = true));
+    for (;;) {
+      if (died || !vm.proc) throw new PolyvisorError('ERR_IO', `qemu: exited while starting: ${vm.stderr.trim() || 'no message'}`);
+      try {
+        return await QmpClient.connect(socket, { connectTimeoutMs: 5000 });
+      } catch (e) {
+        if (Date.now() > deadline) throw new PolyvisorError('ERR_IO', `qemu: QMP socket did not answer: ${(e as Error).message}`, { cause: e });
+        await new Promise((r) => setTimeout(r, 50));
       }
-    } finally {
-      child.off('exit', onExit);
-      child.off('error', onExit);
     }
   }
 }

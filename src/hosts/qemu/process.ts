@@ -1,0 +1,51 @@
+/**
+ * QEMU processes known by their pid: a daemonized QEMU (`-daemonize`) is not our child, and a
+ * later Polyvisor command finds it again through its pidfile. A pid alone can be reused by the
+ * system after QEMU ends, so a pid counts as "our QEMU" only while /proc/<pid>/cmdline still
+ * names the VM's own QMP socket: no other process has that path on its command line.
+ */
+import { readFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+
+/** True while `pid` runs and its command line names `marker` (the VM's QMP socket path). */
+export function qemuAlive(pid: number, marker: string): boolean {
+  if (!Number.isSafeInteger(pid) || pid <= 1) return false;
+  try {
+    // arguments are NUL-separated; QEMU's own option values contain the path verbatim
+    return readFileSync(`/proc/${pid}/cmdline`, 'latin1').includes(marker);
+  } catch {
+    return false;
+  }
+}
+
+/** The pid in a pidfile QEMU wrote (`-pidfile`), or undefined when it is missing or not a pid. */
+export async function readPidfile(path: string): Promise<number | undefined> {
+  try {
+    const text = (await readFile(path, 'latin1')).trim();
+    if (!/^\d{1,10}$/.test(text)) return undefined;
+    return Number(text);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Resolves once the process is gone (polled: it is not our child, so there is no exit event). */
+export function whenGone(pid: number, marker: string, intervalMs = 100): { done: Promise<void>; cancel(): void } {
+  let timer: NodeJS.Timeout | undefined;
+  let resolveDone!: () => void;
+  const done = new Promise<void>((r) => (resolveDone = r));
+  const poll = () => {
+    if (!qemuAlive(pid, marker)) return resolveDone();
+    // a ref'd timer: a caller awaiting `done` (a kill, a stop) keeps the process alive until
+    // QEMU is gone; cancel() ends the polling
+    timer = setTimeout(poll, intervalMs);
+  };
+  poll();
+  return {
+    done,
+    cancel: () => {
+      if (timer) clearTimeout(timer);
+      resolveDone();
+    },
+  };
+}

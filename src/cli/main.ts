@@ -6,6 +6,7 @@
 import { Command, CommanderError } from 'commander';
 import { readFileSync } from 'node:fs';
 import { diskCommand } from './disk.js';
+import { machineCommands } from './machines.js';
 import { verifyCommand } from './verify.js';
 import { reportError } from './run.js';
 
@@ -25,9 +26,11 @@ export async function buildProgram(argv: string[] = process.argv): Promise<Comma
     .description('Polyvisor: read, write, convert, run and move VMs across Xen, Hyper-V, VMware and KVM/QEMU')
     .version(pkg.version, '-V, --version')
     .showHelpAfterError('(run with --help for usage)')
+    .option('--data <dir>', 'the folder of the VM store (default: $POLYVISOR_DATA, else ~/.local/share/polyvisor)')
     .exitOverride();
   program.addCommand(diskCommand());
   program.addCommand(verifyCommand());
+  for (const c of machineCommands()) program.addCommand(c);
   if (needsVm(argv)) program.addCommand((await import('./vm.js')).vmCommand());
   // Commander exits with 1 on usage errors; scripts expect 2 for a wrong command line.
   const override = (cmd: Command) => {

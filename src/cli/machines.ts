@@ -1,0 +1,231 @@
+/**
+ * The VM store's commands: `polyvisor run | start | stop | kill | pause | resume | rm | ps |
+ * console`, over the local engine (../hosts/local.ts). `vm import` lives with the other `vm`
+ * commands (./vm.ts) and shares `openHost` from here.
+ *
+ * The library (store, QEMU driver, VM layer) is loaded only when one of these runs, so that
+ * `disk` commands keep their start-up time.
+ */
+import { Command, Option } from 'commander';
+import type { LocalHost } from '../hosts/local.js';
+import { PolyvisorError } from '../errors.js';
+import { dataDir } from '../store/data-dir.js';
+import { attachConsole, DETACH_KEY_NAME } from './console.js';
+import { out } from './run.js';
+
+export interface HostOptions {
+  data?: string;
+  accel?: 'kvm' | 'tcg';
+}
+
+/** Opens the local host on the data folder the global `--data` (or $POLYVISOR_DATA) chooses. */
+export async function openHost(o: HostOptions): Promise<LocalHost> {
+  const { LocalHost } = await import('../hosts/local.js');
+  return new LocalHost({ dataDir: dataDir(o.data), accel: o.accel });
+}
+
+async function withHost<T>(cmd: Command, fn: (host: LocalHost, o: Record<string, any>) => Promise<T>): Promise<T> {
+  const o = cmd.optsWithGlobals();
+  const host = await openHost(o);
+  try {
+    return await fn(host, o);
+  } finally {
+    await host.close();
+  }
+}
+
+function notices(host: LocalHost): void {
+  for (const n of host.notices) process.stderr.write(`${n}\n`);
+}
+
+function uptime(startedAt: string | undefined): string {
+  if (!startedAt) return '-';
+  const s = Math.max(0, Math.round((Date.now() - Date.parse(startedAt)) / 1000));
+  if (s < 120) return `${s}s`;
+  if (s < 7200) return `${Math.round(s / 60)}m`;
+  return `${Math.round(s / 3600)}h`;
+}
+
+const accelOption = () => new Option('--accel <accel>', 'force the accelerator (default: kvm when a probe guest runs under it, else tcg)').choices(['kvm', 'tcg']);
+
+export function machineCommands(): Command[] {
+  const cmds: Command[] = [];
+
+  cmds.push(
+    new Command('run')
+      .description(`import a VM, start it and attach its serial console; returns when the guest powers off and removes the VM unless --keep (detach: ${DETACH_KEY_NAME})`)
+      .argument('<source>', 'descriptor file, package, or exported VM folder')
+      .option('--name <name>', "the VM's name in the store (default: from the descriptor)")
+      .option('--keep', 'keep the VM in the store after it powers off (disks QEMU cannot read are then converted at import)')
+      .option('--persist', "the guest writes to the source disks themselves (default: a throw-away overlay; the source is not modified)")
+      .option('--timeout <seconds>', 'kill the VM if it is still running after this many seconds')
+      .addOption(accelOption())
+      .option('--allow-outside-paths', "follow files outside the descriptor's folder")
+      .action(async (source: string, _o, cmd: Command) => {
+        await withHost(cmd, async (host, o) => {
+          const timeout = o.timeout === undefined ? undefined : Number(o.timeout);
+          if (timeout !== undefined && (!Number.isFinite(timeout) || timeout <= 0)) throw new PolyvisorError('ERR_USAGE', `--timeout ${o.timeout}: give a number of seconds`);
+          const { vm } = await host.import(source, { name: o.name, persist: !!o.persist, transient: !o.keep, allowOutsidePaths: o.allowOutsidePaths });
+          const name = vm.name;
+          const cleanup = async () => {
+            if (!o.keep) await host.remove(name, { force: true }).catch(() => undefined);
+          };
+          let signalled: NodeJS.Signals | undefined;
+          const onSignal = (sig: NodeJS.Signals) => {
+            signalled = sig;
+            void host.kill(name).catch(() => undefined);
+          };
+          process.on('SIGINT', onSignal);
+          process.on('SIGTERM', onSignal);
+          process.on('SIGHUP', onSignal);
+          try {
+            // paused until the console is attached: the first byte the guest prints is seen
+            await host.start(name, { paused: true });
+            notices(host);
+            const stream = await host.console(name);
+            const attached = attachConsole(stream);
+            await host.resume(name);
+            let timer: NodeJS.Timeout | undefined;
+            if (timeout !== undefined) timer = setTimeout(() => void host.kill(name).catch(() => undefined), timeout * 1000);
+            const how = await attached;
+            if (timer) clearTimeout(timer);
+            if (how === 'detached' && !o.keep) {
+              // without --keep the VM belongs to this run: leaving it means ending it
+              process.stderr.write(`\npolyvisor: ${DETACH_KEY_NAME}: ${name} is powered off and removed (run --keep leaves it running)\n`);
+              await host.kill(name).catch(() => undefined);
+              await cleanup();
+              return;
+            }
+            if (how === 'detached') {
+              process.stderr.write(`\npolyvisor: detached; ${name} keeps running (polyvisor console ${name} to attach again, polyvisor stop ${name} to stop it)\n`);
+              return;
+            }
+            await host.waitForStop(name, 10_000);
+            if (signalled) process.exitCode = 130;
+            await cleanup();
+          } catch (e) {
+            await host.kill(name).catch(() => undefined);
+            await cleanup();
+            throw e;
+          } finally {
+            process.off('SIGINT', onSignal);
+            process.off('SIGTERM', onSignal);
+            process.off('SIGHUP', onSignal);
+          }
+        });
+      }),
+  );
+
+  cmds.push(
+    new Command('start')
+      .description('start a VM of the store; it runs on after this command returns')
+      .argument('<name>')
+      .addOption(accelOption())
+      .option('--json', 'print machine-readable JSON')
+      .action(async (name: string, _o, cmd: Command) => {
+        await withHost(cmd, async (host, o) => {
+          const vm = await host.start(name);
+          notices(host);
+          if (o.json) out(JSON.stringify({ name, state: vm.state, pid: vm.pid }, null, 2));
+          else out(`started ${name} (pid ${vm.pid}); polyvisor console ${name} attaches its serial console`);
+        });
+      }),
+  );
+
+  cmds.push(
+    new Command('stop')
+      .description('ask the guest to power off (ACPI), and force it off after the timeout')
+      .argument('<name>')
+      .option('--timeout <seconds>', 'how long the guest gets before it is forced off', '30')
+      .option('--json', 'print machine-readable JSON')
+      .action(async (name: string, _o, cmd: Command) => {
+        await withHost(cmd, async (host, o) => {
+          const t = Number(o.timeout);
+          if (!Number.isFinite(t) || t < 0) throw new PolyvisorError('ERR_USAGE', `--timeout ${o.timeout}: give a number of seconds`);
+          const r = await host.stop(name, { timeoutMs: t * 1000 });
+          if (o.json) out(JSON.stringify({ name, stop: r }, null, 2));
+          else out(r === 'graceful' ? `${name} powered off` : `${name} did not power off within ${t} s and was forced off`);
+        });
+      }),
+  );
+
+  cmds.push(
+    new Command('kill')
+      .description('cut the power of a running VM at once')
+      .argument('<name>')
+      .action(async (name: string, _o, cmd: Command) => {
+        await withHost(cmd, async (host) => {
+          await host.kill(name);
+          out(`${name} killed`);
+        });
+      }),
+  );
+
+  for (const [verb, text] of [
+    ['pause', 'freeze a running VM (its CPUs stop; memory is kept)'],
+    ['resume', 'let a paused VM run again'],
+  ] as const) {
+    cmds.push(
+      new Command(verb)
+        .description(text)
+        .argument('<name>')
+        .action(async (name: string, _o, cmd: Command) => {
+          await withHost(cmd, async (host) => {
+            await host[verb](name);
+            out(`${name} ${verb === 'pause' ? 'paused' : 'resumed'}`);
+          });
+        }),
+    );
+  }
+
+  cmds.push(
+    new Command('rm')
+      .description("remove a VM from the store, with its overlays and copies (its source is not touched)")
+      .argument('<name...>')
+      .option('-f, --force', 'kill the VM first if it runs')
+      .action(async (names: string[], _o, cmd: Command) => {
+        await withHost(cmd, async (host, o) => {
+          for (const name of names) {
+            await host.remove(name, { force: !!o.force });
+            out(`removed ${name}`);
+          }
+        });
+      }),
+  );
+
+  cmds.push(
+    new Command('ps')
+      .description("list the store's VMs and their state (a VM whose QEMU has ended is shown stopped)")
+      .option('-a, --all', 'also list stopped VMs (default: running and paused only)')
+      .option('--json', 'print machine-readable JSON (every VM, with its spec)')
+      .action(async (_o, cmd: Command) => {
+        await withHost(cmd, async (host, o) => {
+          const vms = host.list();
+          if (o.json) {
+            out(JSON.stringify(vms.map((v) => ({ name: v.name, state: v.state, pid: v.pid ?? null, host: v.host, source: v.source, sourceKind: v.sourceKind, startedAt: v.startedAt ?? null, createdAt: v.createdAt, uuid: v.uuid, disks: v.disks, spec: v.spec })), null, 2));
+            return;
+          }
+          const shown = o.all ? vms : vms.filter((v) => v.state !== 'stopped');
+          const rows = [['NAME', 'STATE', 'PID', 'UPTIME', 'CPUS', 'MEMORY', 'SOURCE'], ...shown.map((v) => [v.name, v.state, v.pid ? String(v.pid) : '-', uptime(v.startedAt), String(v.spec.cpu.count), `${Math.round(v.spec.memory.bytes / (1 << 20))}M`, `${v.source} (${v.sourceKind})`])];
+          const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+          for (const r of rows) out(r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  '));
+          if (!o.all && vms.length > shown.length) out(`(${vms.length - shown.length} stopped; ps --all lists them)`);
+        });
+      }),
+  );
+
+  cmds.push(
+    new Command('console')
+      .description(`attach to a running VM's serial console (detach: ${DETACH_KEY_NAME})`)
+      .argument('<name>')
+      .action(async (name: string, _o, cmd: Command) => {
+        await withHost(cmd, async (host) => {
+          const stream = await host.console(name);
+          if (process.stdin.isTTY) process.stderr.write(`polyvisor: attached to ${name}; ${DETACH_KEY_NAME} detaches\n`);
+          const how = await attachConsole(stream, { detachable: true });
+          if (how === 'ended') process.stderr.write(`\npolyvisor: ${name} has stopped\n`);
+        });
+      }),
+  );
+  return cmds;
+}

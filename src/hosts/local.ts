@@ -1,0 +1,309 @@
+/**
+ * The embedded default host: VMs in the store (../store/store.ts) running on the local QEMU
+ * engine, each in its own folder under <data>/vms/<name>/ with its disk overlays, sockets,
+ * serial log and UEFI variables.
+ *
+ * QEMU runs detached (daemonized): `polyvisor start` returns while the VM runs on, and any
+ * later command finds it again by the pid the store recorded, checked against the VM's own
+ * socket path (./qemu/process.ts), so a pid reused by another program is never mistaken for
+ * the VM. Every command first reconciles the store with what really runs: a VM whose QEMU
+ * ended while no Polyvisor process watched (the guest powered off, QEMU was killed, Polyvisor
+ * itself was killed) is marked stopped.
+ *
+ * Disks (StoredDisk.mode): a source QEMU reads itself is used in place under a qcow2 overlay
+ * in the VM's folder, so nothing is copied and the source is never written; `persist` hands
+ * QEMU the source itself; a source QEMU cannot read (XVA chunks, a disk inside an OVA, a VHDX
+ * differencing chain) is converted into the VM's folder at import, or, for the lifetime of one
+ * `polyvisor run`, served by that process's NBD server ('nbd').
+ */
+import { execFile } from 'node:child_process';
+import { mkdir, rename, rm } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import type { Duplex } from 'node:stream';
+import { promisify } from 'node:util';
+import { randomUUID } from 'node:crypto';
+import { createImage } from '../disk/chain.js';
+import { convert } from '../disk/convert.js';
+import type { BlockImage } from '../disk/image.js';
+import { PolyvisorError } from '../errors.js';
+import { Store, checkVmName, type StoredDisk, type StoredVm } from '../store/store.js';
+import type { ConversionNote } from '../vm/codec.js';
+import { openVmSource, withHostBootFiles } from '../vm/source.js';
+import { whyNotDirect } from './attach.js';
+import type { DiskAttachment, StopResult } from './driver.js';
+import { serveNbd, type NbdServer } from './nbd/server.js';
+import { QemuDriver } from './qemu/driver.js';
+import { qemuAlive } from './qemu/process.js';
+
+const run = promisify(execFile);
+
+/** The store's name for this host. */
+export const LOCAL_HOST = 'local';
+
+export interface LocalHostOptions {
+  /** the data folder (see ../store/data-dir.ts) */
+  dataDir: string;
+  /** force an accelerator; default KVM when a probe guest runs under it */
+  accel?: 'kvm' | 'tcg';
+  qemuImg?: string;
+}
+
+export interface ImportOptions {
+  name?: string;
+  /** convert every disk into the VM's folder, even those QEMU reads in place */
+  copy?: boolean;
+  /** the guest writes to the source disks themselves */
+  persist?: boolean;
+  /**
+   * for `polyvisor run`: disks QEMU cannot read are served by this process over NBD instead of
+   * being converted; the VM then runs only while this process lives
+   */
+  transient?: boolean;
+  allowOutsidePaths?: boolean;
+  signal?: AbortSignal;
+  onProgress?: (done: number, total: number) => void;
+}
+
+export interface ImportResult {
+  vm: StoredVm;
+  notes: ConversionNote[];
+}
+
+export class LocalHost {
+  readonly store: Store;
+  readonly dataDir: string;
+  readonly #driver: QemuDriver;
+  readonly #opts: LocalHostOptions;
+  /** NBD servers of transient imports, by VM name */
+  readonly #servers = new Map<string, { server: NbdServer; images: BlockImage[] }>();
+
+  constructor(opts: LocalHostOptions) {
+    this.#opts = opts;
+    this.dataDir = resolve(opts.dataDir);
+    this.store = Store.open(this.dataDir);
+    this.#driver = new QemuDriver({ stateDir: join(this.dataDir, 'vms'), detached: true, pvpanic: true, accel: opts.accel });
+  }
+
+  /** Notices of the engine (a fall-back to software emulation, said once per start). */
+  get notices(): readonly string[] {
+    return this.#driver.notices;
+  }
+
+  vmDir(name: string): string {
+    return join(this.dataDir, 'vms', name);
+  }
+
+  /** The serial log of a VM: every byte its console printed since its last start. */
+  serialLog(name: string): string {
+    return join(this.vmDir(name), 'serial.log');
+  }
+
+  /** Brings a VM into the store from any descriptor, package or exported folder. */
+  async import(sourcePath: string, opts: ImportOptions = {}): Promise<ImportResult> {
+    if (opts.copy && opts.persist) throw new PolyvisorError('ERR_USAGE', '--copy and --persist exclude each other');
+    const source = await openVmSource(sourcePath, { allowOutsidePaths: opts.allowOutsidePaths });
+    const opened: BlockImage[] = [];
+    let dir: string | undefined;
+    let final: string | undefined;
+    try {
+      const name = opts.name ?? storeName(source.spec.name);
+      checkVmName(name);
+      if (this.store.findVm(name)) throw new PolyvisorError('ERR_EXISTS', `a VM named ${name} already exists (choose another with --name)`);
+      final = this.vmDir(name);
+      // built under a temporary name and renamed at the end: a failed import leaves nothing
+      dir = join(this.dataDir, 'vms', `.import-${name}-${process.pid}`);
+      await rm(dir, { recursive: true, force: true });
+      await mkdir(dir, { recursive: true });
+      const spec = { ...(await withHostBootFiles(source, { allowOutsidePaths: opts.allowOutsidePaths })), name };
+      const disks: StoredDisk[] = [];
+      const nbd: Array<{ index: number; image: BlockImage }> = [];
+      for (const d of source.disks) {
+        opts.signal?.throwIfAborted();
+        const image = await d.open();
+        opened.push(image);
+        const why = await whyNotDirect(image, this.#opts.qemuImg);
+        const file = `disk${d.index}.qcow2`;
+        if (opts.persist) {
+          if (why !== undefined) throw new PolyvisorError('ERR_UNSUPPORTED', `disk ${d.label} cannot be written in place (${why}); import it without --persist`, { file: image.path });
+          disks.push({ index: d.index, label: d.label, mode: 'persist', path: resolve(image.path), format: image.format });
+        } else if (why === undefined && !opts.copy) {
+          // a qcow2 overlay that names the source by its absolute path: QEMU follows it read-only
+          const overlay = await createImage(join(dir, file), 'qcow2', undefined, { backingFile: resolve(image.path), backingFormat: image.format, allowOutsidePaths: true, cache: 'unsafe' });
+          await overlay.close();
+          disks.push({ index: d.index, label: d.label, mode: 'overlay', path: join(final, file), format: 'qcow2', source: resolve(image.path) });
+        } else if (opts.transient && !opts.copy) {
+          nbd.push({ index: d.index, image });
+          disks.push({ index: d.index, label: d.label, mode: 'overlay', path: join(final, file), format: 'qcow2', source: `nbd:${d.label}` });
+        } else {
+          await convert(image, join(dir, file), 'qcow2', { signal: opts.signal, onProgress: opts.onProgress });
+          disks.push({ index: d.index, label: d.label, mode: 'copy', path: join(final, file), format: 'qcow2' });
+        }
+      }
+      await rename(dir, final).catch((e) => {
+        throw new PolyvisorError('ERR_EXISTS', `cannot create the VM folder: ${(e as Error).message}`, { file: final, cause: e });
+      });
+      dir = undefined;
+      if (nbd.length) await this.#serve(name, nbd);
+      const vm = this.store.addVm({ name, uuid: spec.uuid ?? randomUUID(), host: LOCAL_HOST, source: resolve(sourcePath), sourceKind: source.kind, spec, disks });
+      // the images served over NBD stay open for the run; the others are closed below
+      for (const { image } of nbd) opened.splice(opened.indexOf(image), 1);
+      return { vm, notes: source.notes };
+    } catch (e) {
+      if (dir) await rm(dir, { recursive: true, force: true });
+      else if (final && !this.store.findVm(opts.name ?? storeName(source.spec.name))) await rm(final, { recursive: true, force: true }).catch(() => undefined);
+      throw e;
+    } finally {
+      for (const img of opened) await img.close().catch(() => undefined);
+      await source.close();
+    }
+  }
+
+  /** Serves the disks QEMU cannot read from this process, and puts overlays over the exports. */
+  async #serve(name: string, disks: Array<{ index: number; image: BlockImage }>): Promise<void> {
+    const dir = this.vmDir(name);
+    const exports = Object.fromEntries(disks.map(({ index, image }) => [`disk${index}`, { image, writable: false, description: `source disk ${index}` }]));
+    const server = await serveNbd({ socketPath: join(dir, 'nbd.sock'), exports });
+    this.#servers.set(name, { server, images: disks.map((d) => d.image) });
+    for (const { index, image } of disks) {
+      // the size is given so qemu-img need not open the export; it runs as a child so this
+      // process's server can answer if it does
+      await run(this.#opts.qemuImg ?? 'qemu-img', ['create', '-q', '-f', 'qcow2', '-b', server.uri(`disk${index}`), '-F', 'raw', join(dir, `disk${index}.qcow2`), String(image.virtualSize)]);
+    }
+  }
+
+  /**
+   * The store's VMs with their state reconciled against the processes that really run.
+   * A VM whose QEMU is gone is marked stopped (and its stale sockets removed).
+   */
+  list(): StoredVm[] {
+    return this.store.listVms(LOCAL_HOST).map((vm) => this.#reconcile(vm));
+  }
+
+  get(name: string): StoredVm {
+    return this.#reconcile(this.store.getVm(name));
+  }
+
+  #reconcile(vm: StoredVm): StoredVm {
+    if (vm.state === 'stopped') return vm;
+    if (vm.pid !== undefined && qemuAlive(vm.pid, join(this.vmDir(vm.name), 'qmp.sock'))) return vm;
+    this.store.compareAndSetState(vm.name, vm.state, 'stopped');
+    return { ...vm, state: 'stopped', pid: undefined, startedAt: undefined };
+  }
+
+  /** Registers the VM with the driver (and takes over its QEMU when it runs). */
+  async #driverVm(vm: StoredVm): Promise<void> {
+    const disks: Array<DiskAttachment | undefined> = vm.spec.disks.map(() => undefined);
+    for (const d of vm.disks) disks[d.index] = { path: d.path, format: d.format };
+    // a define for this process's driver only: it writes nothing but the VM's folder
+    if (!(await this.#driver.list()).some((x) => x.name === vm.name)) await this.#driver.define({ spec: vm.spec, disks });
+    if (vm.state !== 'stopped' && vm.pid !== undefined && !this.#driver.pid(vm.name)) await this.#driver.adopt(vm.name, vm.pid);
+  }
+
+  /** `paused`: the CPUs wait for resume(), so that a console attached first sees every byte */
+  async start(name: string, opts: { paused?: boolean } = {}): Promise<StoredVm> {
+    const vm = this.get(name);
+    if (vm.state !== 'stopped') throw new PolyvisorError('ERR_VM_STATE', `${name} is already ${vm.state}`);
+    const nbd = vm.disks.find((d) => d.source?.startsWith('nbd:'));
+    if (nbd && !this.#servers.has(name)) {
+      throw new PolyvisorError('ERR_VM_STATE', `${name}: disk ${nbd.label} was served by the polyvisor run that imported it, which has ended; import the VM again`);
+    }
+    await this.#driverVm(vm);
+    await this.#driver.start(name, { paused: opts.paused });
+    const pid = this.#driver.pid(name);
+    this.store.setState(name, opts.paused ? 'paused' : 'running', { pid, startedAt: new Date().toISOString() });
+    return this.store.getVm(name);
+  }
+
+  /** ACPI power-off, forced after `timeoutMs` (default 30 s). */
+  async stop(name: string, opts: { timeoutMs?: number } = {}): Promise<StopResult> {
+    const vm = this.get(name);
+    if (vm.state === 'stopped') return 'graceful';
+    await this.#driverVm(vm);
+    const r = await this.#driver.stop(name, { timeoutMs: opts.timeoutMs });
+    this.store.setState(name, 'stopped');
+    return r;
+  }
+
+  async kill(name: string): Promise<void> {
+    const vm = this.get(name);
+    if (vm.state === 'stopped') return;
+    await this.#driverVm(vm);
+    await this.#driver.kill(name);
+    this.store.setState(name, 'stopped');
+  }
+
+  async pause(name: string): Promise<void> {
+    const vm = this.get(name);
+    if (vm.state !== 'running') throw new PolyvisorError('ERR_VM_STATE', `${name} is ${vm.state}, not running`);
+    await this.#driverVm(vm);
+    await this.#driver.pause(name);
+    this.store.setState(name, 'paused', { pid: vm.pid, startedAt: vm.startedAt });
+  }
+
+  async resume(name: string): Promise<void> {
+    const vm = this.get(name);
+    if (vm.state !== 'paused') throw new PolyvisorError('ERR_VM_STATE', `${name} is ${vm.state}, not paused`);
+    await this.#driverVm(vm);
+    await this.#driver.resume(name);
+    this.store.setState(name, 'running', { pid: vm.pid, startedAt: vm.startedAt });
+  }
+
+  /** The serial console of a running VM, as a byte stream both ways. */
+  async console(name: string): Promise<Duplex> {
+    const vm = this.get(name);
+    if (vm.state === 'stopped') throw new PolyvisorError('ERR_VM_STATE', `${name} is not running (polyvisor start ${name})`);
+    await this.#driverVm(vm);
+    return this.#driver.console(name);
+  }
+
+  /** Resolves when the VM's QEMU has ended; false when `timeoutMs` passed first. */
+  async waitForStop(name: string, timeoutMs: number): Promise<boolean> {
+    const vm = this.get(name);
+    if (vm.state === 'stopped') return true;
+    await this.#driverVm(vm);
+    const ended = await this.#driver.waitForExit(name, timeoutMs);
+    if (ended) this.store.compareAndSetState(name, this.store.getVm(name).state, 'stopped');
+    return ended;
+  }
+
+  async screenshot(name: string, pngPath: string): Promise<void> {
+    const vm = this.get(name);
+    await this.#driverVm(vm);
+    await this.#driver.screenshot(name, pngPath);
+  }
+
+  /** Removes a VM and its folder (overlays, copies); the source is not touched. */
+  async remove(name: string, opts: { force?: boolean } = {}): Promise<void> {
+    const vm = this.get(name);
+    if (vm.state !== 'stopped') {
+      if (!opts.force) throw new PolyvisorError('ERR_VM_STATE', `${name} is ${vm.state}; stop it first, or use --force`);
+      await this.kill(name);
+    }
+    const served = this.#servers.get(name);
+    if (served) {
+      this.#servers.delete(name);
+      await served.server.close().catch(() => undefined);
+      for (const img of served.images) await img.close().catch(() => undefined);
+    }
+    this.store.removeVm(name);
+    await this.#driver.undefine(name).catch(() => undefined);
+    await rm(this.vmDir(name), { recursive: true, force: true });
+  }
+
+  /** Closes this process's connections; VMs keep running. */
+  async close(): Promise<void> {
+    for (const [, s] of this.#servers) {
+      await s.server.close().catch(() => undefined);
+      for (const img of s.images) await img.close().catch(() => undefined);
+    }
+    this.#servers.clear();
+    await this.#driver.dispose();
+    this.store.close();
+  }
+}
+
+/** A store name from a descriptor's VM name: what is left after unsafe characters go. */
+export function storeName(specName: string): string {
+  const n = specName.replace(/[^A-Za-z0-9._-]+/g, '-').replace(/^[^A-Za-z0-9]+/, '').slice(0, 64);
+  return n || 'vm';
+}

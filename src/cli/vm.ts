@@ -28,7 +28,7 @@ function noteLine(n: ConversionNote): string {
 
 export function vmCommand(): Command {
   const vm = new Command('vm').description('inspect VMs from any hypervisor\'s descriptor or package, and convert them for another');
-  const kinds = [...CODECS.filter((c) => c.decode).map((c) => c.name), ...PACKAGES.map((p) => p.name)];
+  const kinds = [...CODECS.filter((c) => c.decode).map((c) => c.name), ...PACKAGES.map((p) => p.name), 'disk'];
 
   vm.command('inspect')
     .description('show the VM a descriptor, package (.ova, .xva) or exported folder describes')

@@ -7,10 +7,10 @@
 import { open, readdir, stat } from 'node:fs/promises';
 import { basename, extname, join, relative } from 'node:path';
 import { PolyvisorError, fromSystemError, isPolyvisorError } from '../errors.js';
-import { openImage, resolveReferenced } from '../disk/chain.js';
-import type { SourceDisk, VmCodec, VmPackage, VmSource } from './codec.js';
+import { detectFormat, openImage, resolveReferenced } from '../disk/chain.js';
+import type { ConversionNote, SourceDisk, VmCodec, VmPackage, VmSource } from './codec.js';
 import { CODECS, PACKAGES } from './registry.js';
-import type { VmSpec } from './spec.js';
+import { emptySpec, type VmSpec } from './spec.js';
 
 export interface OpenVmOptions {
   /** follow disk files outside the descriptor's folder */
@@ -80,11 +80,45 @@ export async function openVmSource(path: string, opts: OpenVmOptions = {}): Prom
   if (st.isDirectory()) return openVmSource(await findDescriptor(path, opts), opts);
   const head = await readHead(path);
   const pick = best(head, path, opts.kind);
+  if (!pick && (opts.kind === 'disk' || !opts.kind)) {
+    const disk = await openBareDisk(path, opts);
+    if (disk) return disk;
+  }
   if (!pick) {
     throw new PolyvisorError('ERR_FORMAT_UNKNOWN', 'not a VM descriptor or package that Polyvisor reads (xl.cfg, libvirt XML, .vmx, OVF/OVA, XVA, .vmc, Hyper-V XML)', { file: path });
   }
   if (pick.kind === 'package') return pick.pkg.open(path, { allowOutsidePaths: opts.allowOutsidePaths });
   return openDescriptor(path, st.size, pick.codec, opts);
+}
+
+/** File name endings taken as a raw disk; raw has no signature, so any other file is not guessed to be one. */
+const RAW_ENDINGS = ['.raw', '.img', '.bin', '.dd'];
+
+/**
+ * A disk image on its own (a .vhd from Virtual Server, a .qcow2 from a cloud, a .raw) is a VM
+ * too: one disk, BIOS, 1 CPU and 1 GiB, the disk on SATA (AHCI), which every current Linux and
+ * Windows has a driver for. The defaults are reported as notes, so the user knows they were
+ * chosen, not read. Undefined when the file is not a disk image the engine recognises.
+ */
+async function openBareDisk(path: string, opts: OpenVmOptions): Promise<VmSource | undefined> {
+  let format: string;
+  try {
+    format = (await detectFormat(path)).name;
+  } catch {
+    return undefined;
+  }
+  if (format === 'raw' && opts.kind !== 'disk' && !RAW_ENDINGS.includes(extname(path).toLowerCase())) return undefined;
+  const name = basename(path, extname(path)) || 'disk';
+  const spec = emptySpec(name);
+  spec.memory.bytes = 1 << 30;
+  spec.disks.push({ device: 'disk', bus: 'sata', file: basename(path), format, bootOrder: 1 });
+  const why = 'a disk image alone names no VM settings: the default was chosen';
+  const notes: ConversionNote[] = [
+    { setting: 'memory.bytes', action: 'changed', to: spec.memory.bytes, reason: why },
+    { setting: 'disks[0].bus', action: 'changed', to: 'sata', reason: `${why} (AHCI: every current Linux and Windows has its driver)` },
+  ];
+  const disks: SourceDisk[] = [{ index: 0, label: path, open: () => openImage(path, { format, allowOutsidePaths: opts.allowOutsidePaths }) }];
+  return { path, kind: 'disk', spec, disks, notes, close: async () => {} };
 }
 
 async function openDescriptor(path: string, size: number, codec: VmCodec, opts: OpenVmOptions): Promise<VmSource> {

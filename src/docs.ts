@@ -6,6 +6,7 @@
 import { ERROR_CODES } from './errors.js';
 import { FORMATS } from './disk/registry.js';
 import { CODECS, PACKAGES } from './vm/registry.js';
+import { DRIVERS, DRIVER_OPERATIONS } from './hosts/registry.js';
 
 const yes = (b: boolean) => (b ? 'yes' : 'no');
 
@@ -32,6 +33,16 @@ export function codecMatrix(): string {
   return rows.join('\n');
 }
 
+export function driverMatrix(): string {
+  const rows = [`| driver | host | reached through | ${DRIVER_OPERATIONS.join(' | ')} | firmware | guests | disks in place | accelerators | notes |`, `| --- | --- | --- | ${DRIVER_OPERATIONS.map(() => '---').join(' | ')} | --- | --- | --- | --- | --- |`];
+  for (const d of DRIVERS) {
+    const c = d.capabilities;
+    const ops = DRIVER_OPERATIONS.map((op) => yes(c.operations.includes(op)));
+    rows.push(`| \`${d.name}\` | ${d.description} | ${d.reach} | ${ops.join(' | ')} | ${c.firmware.join(', ')} | ${c.virtualization.join(', ')} | ${c.diskFormats.join(', ')} | ${c.accelerators.join(', ')} | ${d.notes} |`);
+  }
+  return rows.join('\n');
+}
+
 export function optionTable(): string {
   const rows = ['| format | option | values | default | meaning |', '| --- | --- | --- | --- | --- |'];
   for (const f of FORMATS) {
@@ -53,6 +64,7 @@ export function errorTable(): string {
 export const GENERATED: Record<string, { file: string; render: () => string }> = {
   formats: { file: 'README.md', render: formatMatrix },
   codecs: { file: 'README.md', render: codecMatrix },
+  drivers: { file: 'README.md', render: driverMatrix },
   errors: { file: 'docs/cli.md', render: errorTable },
   options: { file: 'docs/cli.md', render: optionTable },
 };

@@ -13,7 +13,7 @@ import { PolyvisorError } from '../errors.js';
 import type { VmSpec } from '../vm/spec.js';
 
 /** Every operation slot, in the order the support matrix lists them. */
-export const DRIVER_OPERATIONS = ['define', 'start', 'stop', 'kill', 'pause', 'resume', 'console', 'screenshot', 'list', 'undefine'] as const;
+export const DRIVER_OPERATIONS = ['define', 'start', 'stop', 'kill', 'pause', 'resume', 'console', 'screenshot', 'list', 'undefine', 'export'] as const;
 export type DriverOperation = (typeof DRIVER_OPERATIONS)[number];
 
 export interface DriverCapabilities {
@@ -81,6 +81,11 @@ export interface HypervisorDriver {
   screenshot?(name: string, pngPath: string): Promise<void>;
   list?(): Promise<VmListEntry[]>;
   undefine?(name: string): Promise<void>;
+  /**
+   * Copies a VM off the host into the local `folder`: its descriptor and its disks. Returns
+   * the VM's spec with local, absolute disk (and kernel/ramdisk) paths.
+   */
+  export?(name: string, folder: string): Promise<VmSpec>;
 }
 
 type Slot<K extends DriverOperation> = NonNullable<HypervisorDriver[K]>;

@@ -87,16 +87,19 @@ function track(child: ChildProcess): void {
 // a Unix socket path must fit sockaddr_un.sun_path (108 bytes with the NUL on Linux)
 const MAX_SOCKET_PATH = 107;
 
+/** The local engine's manifest (the README's driver matrix is generated from it). */
+export const QEMU_CAPABILITIES: DriverCapabilities = {
+  operations: ['define', 'start', 'stop', 'kill', 'pause', 'resume', 'console', 'screenshot', 'list', 'undefine'],
+  firmware: ['bios', 'uefi'],
+  // PV and PVH guests run fully virtualised through direct kernel boot
+  virtualization: ['hvm', 'pv', 'pvh'],
+  diskFormats: [...new Set(Object.keys(QEMU_FORMATS).filter((f) => f !== 'vpc'))],
+  accelerators: ['kvm', 'tcg'],
+};
+
 export class QemuDriver implements HypervisorDriver {
   readonly name = 'qemu';
-  readonly capabilities: DriverCapabilities = {
-    operations: ['define', 'start', 'stop', 'kill', 'pause', 'resume', 'console', 'screenshot', 'list', 'undefine'],
-    firmware: ['bios', 'uefi'],
-    // PV and PVH guests run fully virtualised through direct kernel boot
-    virtualization: ['hvm', 'pv', 'pvh'],
-    diskFormats: [...new Set(Object.keys(QEMU_FORMATS).filter((f) => f !== 'vpc'))],
-    accelerators: ['kvm', 'tcg'],
-  };
+  readonly capabilities = QEMU_CAPABILITIES;
   /** one line per start that fell back to TCG, and similar */
   readonly notices: string[] = [];
   #opts: QemuDriverOptions;

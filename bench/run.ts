@@ -1,0 +1,124 @@
+/**
+ * `npm run bench` (part 2): how long `polyvisor run` takes to show the guest's first console
+ * output, against the bare qemu-system-x86_64 command that boots the same guest, in one run
+ * on the same machine. The guest is the test guest (Debian kernel, busybox initramfs) from an
+ * xl.cfg with one qcow2 disk; the kernel command line has no `quiet`, so the kernel's first
+ * line is the first output. Both run under TCG (KVM does not work on this machine: see
+ * src/hosts/qemu/kvm.ts); Polyvisor's default, which first probes whether KVM works, is
+ * measured too.
+ *
+ * For each: time from spawning the command to its first byte on standard output, and to the
+ * guest's marker line; Polyvisor's overhead is the difference of the medians. Peak memory is
+ * the Polyvisor process's own (VmHWM; QEMU is a separate process in both cases).
+ *
+ * Options (environment): BENCH_REPEAT (default 5).
+ */
+import { spawn } from 'node:child_process';
+import { copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, totalmem } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { execFileSync } from 'node:child_process';
+import { buildTestGuest, GUEST_MARKER } from '../test/guests/build.js';
+
+const CLI = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
+const DIR = resolve(process.env.BENCH_DIR ?? '.cache/bench', 'run');
+const REPEAT = Number(process.env.BENCH_REPEAT ?? 5);
+
+interface Sample {
+  firstOutputMs: number;
+  markerMs: number;
+  peakKiB?: number;
+}
+
+function peakKiB(pid: number): number | undefined {
+  try {
+    const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Runs a command to its end, timing its first stdout byte and the marker. */
+function measure(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<Sample> {
+  return new Promise((resolvePromise, reject) => {
+    const t0 = process.hrtime.bigint();
+    const ms = () => Number(process.hrtime.bigint() - t0) / 1e6;
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
+    let first: number | undefined;
+    let marker: number | undefined;
+    let out = '';
+    let peak: number | undefined;
+    const poll = setInterval(() => {
+      const p = peakKiB(child.pid!);
+      if (p !== undefined) peak = Math.max(peak ?? 0, p);
+    }, 20);
+    child.stdout.on('data', (d: Buffer) => {
+      first ??= ms();
+      out += d.toString('latin1');
+      if (marker === undefined && out.includes(GUEST_MARKER)) marker = ms();
+    });
+    let err = '';
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    const timeout = setTimeout(() => child.kill('SIGKILL'), 120_000);
+    child.on('exit', (code) => {
+      clearInterval(poll);
+      clearTimeout(timeout);
+      if (first === undefined || marker === undefined) return reject(new Error(`${cmd} ${args.join(' ')}: no output or no marker (status ${code}): ${err.slice(-500)}`));
+      resolvePromise({ firstOutputMs: first, markerMs: marker, peakKiB: peak });
+    });
+  });
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+async function main(): Promise<void> {
+  rmSync(DIR, { recursive: true, force: true });
+  mkdirSync(DIR, { recursive: true });
+  const g = await buildTestGuest();
+  copyFileSync(g.kernel, join(DIR, 'vmlinuz'));
+  copyFileSync(g.initrd, join(DIR, 'initrd.gz'));
+  const disk = join(DIR, 'disk.qcow2');
+  execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', disk, '64M']);
+  const cmdline = 'console=ttyS0 panic=-1';
+  const cfg = join(DIR, 'bench.cfg');
+  writeFileSync(cfg, ['name = "bench"', 'type = "hvm"', 'kernel = "vmlinuz"', 'ramdisk = "initrd.gz"', `extra = "${cmdline}"`, 'memory = 256', 'disk = [ "format=qcow2,vdev=xvda,access=rw,target=disk.qcow2" ]', ''].join('\n'));
+  // the same machine Polyvisor builds for this spec, started the plain way
+  const bare = ['-machine', 'pc', '-accel', 'tcg', '-cpu', 'max', '-smp', '1', '-m', '256M', '-kernel', join(DIR, 'vmlinuz'), '-initrd', join(DIR, 'initrd.gz'), '-append', cmdline,
+    '-drive', `if=virtio,format=qcow2,file=${disk},snapshot=on`, '-nic', 'none', '-display', 'none', '-vnc', 'none', '-serial', 'stdio', '-monitor', 'none', '-no-reboot'];
+  const env = { ...process.env, POLYVISOR_DATA: join(DIR, 'data') };
+  const cases: Array<{ label: string; cmd: string; args: string[] }> = [
+    { label: 'qemu-system-x86_64 (bare)', cmd: 'qemu-system-x86_64', args: bare },
+    { label: 'polyvisor run --accel tcg', cmd: process.execPath, args: [CLI, 'run', cfg, '--accel', 'tcg'] },
+    { label: 'polyvisor run (probes KVM first)', cmd: process.execPath, args: [CLI, 'run', cfg] },
+  ];
+  const results: Record<string, Sample[]> = {};
+  // interleaved, so that a slow moment of the machine hits every case alike
+  for (let i = 0; i < REPEAT; i++) {
+    for (const c of cases) (results[c.label] ??= []).push(await measure(c.cmd, c.args, env));
+  }
+  const rows = cases.map((c) => {
+    const s = results[c.label]!;
+    return {
+      label: c.label,
+      firstOutputMs: Math.round(median(s.map((x) => x.firstOutputMs))),
+      markerMs: Math.round(median(s.map((x) => x.markerMs))),
+      peakMiB: c.cmd === 'qemu-system-x86_64' ? undefined : Math.round(Math.max(...s.map((x) => x.peakKiB ?? 0)) / 1024),
+    };
+  });
+  const base = rows[0]!;
+  console.log(`\nrun → first console output, medians of ${REPEAT} (TCG; ${cpus().length} cores, ${Math.round(totalmem() / 2 ** 30)} GiB, ${cpus()[0]?.model ?? ''})\n`);
+  console.log('| command | first output | marker | overhead (first output) | peak RSS of Polyvisor |');
+  console.log('| --- | --- | --- | --- | --- |');
+  for (const r of rows) {
+    const over = r === base ? '' : `${r.firstOutputMs - base.firstOutputMs} ms`;
+    console.log(`| ${r.label} | ${r.firstOutputMs} ms | ${r.markerMs} ms | ${over} | ${r.peakMiB === undefined ? '' : `${r.peakMiB} MiB`} |`);
+  }
+  writeFileSync(resolve('bench', 'run-results.json'), JSON.stringify({ date: new Date().toISOString(), repeat: REPEAT, rows, samples: results }, null, 2) + '\n');
+}
+
+await main();

@@ -22,16 +22,12 @@ import { join, resolve } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { promisify } from 'node:util';
 import { randomUUID } from 'node:crypto';
-import { createImage } from '../disk/chain.js';
-import { convert } from '../disk/convert.js';
 import type { BlockImage } from '../disk/image.js';
 import { PolyvisorError } from '../errors.js';
 import { Store, checkVmName, type StoredDisk, type StoredVm } from '../store/store.js';
 import type { ConversionNote } from '../vm/codec.js';
-import { openVmSource, withHostBootFiles } from '../vm/source.js';
-import { whyNotDirect } from './attach.js';
 import type { DiskAttachment, StopResult } from './driver.js';
-import { serveNbd, type NbdServer } from './nbd/server.js';
+import type { NbdServer } from './nbd/server.js';
 import { QemuDriver } from './qemu/driver.js';
 import { qemuAlive } from './qemu/process.js';
 
@@ -101,6 +97,14 @@ export class LocalHost {
   /** Brings a VM into the store from any descriptor, package or exported folder. */
   async import(sourcePath: string, opts: ImportOptions = {}): Promise<ImportResult> {
     if (opts.copy && opts.persist) throw new PolyvisorError('ERR_USAGE', '--copy and --persist exclude each other');
+    // the disk engine and the VM layer load only when a VM is imported: ps, start, stop and
+    // console start faster without them
+    const [{ createImage }, { convert }, { openVmSource, withHostBootFiles }, { whyNotDirect }] = await Promise.all([
+      import('../disk/chain.js'),
+      import('../disk/convert.js'),
+      import('../vm/source.js'),
+      import('./attach.js'),
+    ]);
     const source = await openVmSource(sourcePath, { allowOutsidePaths: opts.allowOutsidePaths });
     const opened: BlockImage[] = [];
     let dir: string | undefined;
@@ -161,6 +165,7 @@ export class LocalHost {
   /** Serves the disks QEMU cannot read from this process, and puts overlays over the exports. */
   async #serve(name: string, disks: Array<{ index: number; image: BlockImage }>): Promise<void> {
     const dir = this.vmDir(name);
+    const { serveNbd } = await import('./nbd/server.js');
     const exports = Object.fromEntries(disks.map(({ index, image }) => [`disk${index}`, { image, writable: false, description: `source disk ${index}` }]));
     const server = await serveNbd({ socketPath: join(dir, 'nbd.sock'), exports });
     this.#servers.set(name, { server, images: disks.map((d) => d.image) });

@@ -97,7 +97,7 @@ export async function verifyVm(source: VmSource, opts: VerifyOptions): Promise<V
 
   // a private state folder under tmpRoot: QEMU's command line then names only paths below it
   const stateDir = await mkdtemp(join(opts.tmpRoot ?? tmpdir(), 'pv-verify-'));
-  const driver = new QemuDriver({ accel: opts.accel, stateDir });
+  const driver = new QemuDriver({ accel: opts.accel, stateDir, pvpanic: true });
   let attached: Attached | undefined;
   let log: WriteStream | undefined;
   let logged = 0;

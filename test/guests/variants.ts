@@ -10,6 +10,9 @@
  *   panic      prints a line and exits: the kernel panics with "Attempted to kill init"
  *   hang       prints nothing and sleeps for ever
  *   reboot     prints a line and reboots at once, every boot (a reboot loop)
+ *   pvpanic    tells the host it panicked through the pvpanic device (ISA port 0x505, written
+ *              through /dev/port: QEMU's docs/specs/pvpanic.rst), printing no panic text, then
+ *              sleeps: only the GUEST_PANICKED event can reveal it
  */
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -20,7 +23,7 @@ import { buildTestGuest, cacheRoot, type TestGuest } from './build.js';
 
 const run = promisify(execFile);
 
-export type GuestVariant = 'all-disks' | 'panic' | 'hang' | 'reboot';
+export type GuestVariant = 'all-disks' | 'panic' | 'hang' | 'reboot' | 'pvpanic';
 
 export const DONE_MARKER = 'POLYVISOR-DONE';
 
@@ -47,6 +50,12 @@ exit 1
   reboot: `#!/bin/busybox sh
 echo POLYVISOR-REBOOTING
 /bin/busybox reboot -f
+`,
+  pvpanic: `#!/bin/busybox sh
+/bin/busybox mount -t devtmpfs dev /dev
+echo POLYVISOR-SIGNALLING
+printf '\\001' | /bin/busybox dd of=/dev/port bs=1 seek=1285 count=1 2>/dev/null
+while true; do /bin/busybox sleep 1000; done
 `,
   hang: `#!/bin/busybox sh
 while true; do /bin/busybox sleep 1000; done

@@ -67,7 +67,7 @@ describe('verify: real boots under TCG', () => {
 
   before(async () => {
     dir = await tempDir();
-    const [good, panic, hang, reboot] = await Promise.all(['all-disks', 'panic', 'hang', 'reboot'].map((v) => buildVariantGuest(v as GuestVariant)));
+    const [good, panic, hang, reboot, pvpanic] = await Promise.all(['all-disks', 'panic', 'hang', 'reboot', 'pvpanic'].map((v) => buildVariantGuest(v as GuestVariant)));
     rawDigest = await makeTestDisk(join(dir, 'base.raw'));
     await qemuImg('convert', '-f', 'raw', '-O', 'qcow2', join(dir, 'base.raw'), join(dir, 'a.qcow2'));
     await qemuImg('convert', '-f', 'raw', '-O', 'vhdx', join(dir, 'base.raw'), join(dir, 'parent.vhdx'));
@@ -91,6 +91,8 @@ describe('verify: real boots under TCG', () => {
     xml.panic = join(dir, 'panic.xml');
     xml.hang = join(dir, 'hang.xml');
     xml.reboot = join(dir, 'reboot.xml');
+    xml.pvpanic = join(dir, 'pvpanic.xml');
+    await writeFile(xml.pvpanic, domainXml('vt-pvpanic', pvpanic!, 'console=ttyS0 quiet', one));
     await writeFile(xml.reboot, domainXml('vt-reboot', reboot!, 'console=ttyS0 quiet', one));
     await writeFile(xml.good, domainXml('vt-good', good!, 'console=ttyS0 quiet pv.hold', both));
     await writeFile(xml.panic, domainXml('vt-panic', panic!, 'console=ttyS0', one));
@@ -157,6 +159,21 @@ describe('verify: real boots under TCG', () => {
       assert.match(r.matched!, /Attempted to kill init/);
       assert.match(readFileSync(r.consoleLog, 'utf8'), /POLYVISOR-GOING-DOWN/);
       assert.ok(r.screenshot && existsSync(r.screenshot));
+    } finally {
+      await src.close();
+    }
+  });
+
+  test('a guest that reports a panic through pvpanic and prints none: guest-panicked (the QMP event)', async () => {
+    const src = await openVmSource(xml.pvpanic!);
+    try {
+      const r = await verifyVm(src, { expect: GUEST_MARKER, timeoutMs: 60_000, outDir: join(dir, 'out-pvpanic'), accel: 'tcg', tmpRoot: dir, allowOutsidePaths: true });
+      console.log(`# pvpanic guest: ${r.reason} after ${r.seconds} s`);
+      assert.equal(r.ok, false);
+      assert.equal(r.reason, 'guest-panicked');
+      const log = readFileSync(r.consoleLog, 'utf8');
+      assert.match(log, /POLYVISOR-SIGNALLING/);
+      assert.doesNotMatch(log, /Kernel panic/, 'no panic text: only the event can have told');
     } finally {
       await src.close();
     }

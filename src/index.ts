@@ -25,5 +25,11 @@ export { convertVm, type ConvertVmOptions, type ConvertVmResult } from './vm/con
 
 // hosts
 export type { HypervisorDriver, DriverCapabilities, DriverOperation, DiskAttachment, VmState } from './hosts/driver.js';
-export { QemuDriver } from './hosts/qemu/driver.js';
+export { QemuDriver, QEMU_CAPABILITIES } from './hosts/qemu/driver.js';
+export { XenDriver, XEN_CAPABILITIES, type XenDriverOptions } from './hosts/xen/driver.js';
+export { parseXenUri, formatXenUri, type XenHostAddress } from './hosts/xen/uri.js';
+export { DRIVERS, type DriverEntry } from './hosts/registry.js';
+export { LocalHost, type LocalHostOptions, type ImportOptions } from './hosts/local.js';
+export { Store, type StoredVm, type StoredDisk, type StoredHost } from './store/store.js';
+export { dataDir } from './store/data-dir.js';
 export { serveNbd } from './hosts/nbd/server.js';

@@ -4,6 +4,7 @@
  */
 import { DRIVER_OPERATIONS, type DriverCapabilities } from './driver.js';
 import { QEMU_CAPABILITIES } from './qemu/driver.js';
+import { XEN_CAPABILITIES } from './xen/driver.js';
 
 export interface DriverEntry {
   /** the name in host URIs and the store */
@@ -23,6 +24,13 @@ export const DRIVERS: DriverEntry[] = [
     reach: 'this machine: qemu-system-x86_64 processes, QMP over Unix sockets',
     capabilities: QEMU_CAPABILITIES,
     notes: 'KVM when a probe guest runs under it, else TCG; tested with real guests on every disk bus',
+  },
+  {
+    name: 'xen',
+    description: 'a Xen host with the xl toolstack',
+    reach: 'xen+ssh://[user@]host[:port]: the system ssh client, xl in dom0',
+    capabilities: XEN_CAPABILITIES,
+    notes: 'tested on Xen 4.17 (Debian 12) nested under QEMU TCG with PV guests (direct kernel and pygrub); PVH and HVM configurations are written but were not booted here (the nested host has no VT-x)',
   },
 ];
 

@@ -26,6 +26,7 @@ export const DEBIAN = [
   { cmd: 'mcopy', pkg: 'mtools', use: 'run', why: 'copies files into FAT without mounting; the FAT tests\' oracle' },
   { cmd: 'syslinux', pkg: 'syslinux', use: 'run', why: "the sample VM's boot loader" },
   { file: '/usr/lib/syslinux/mbr/mbr.bin', pkg: 'syslinux-common', use: 'run', why: "the sample VM's MBR boot code" },
+  { cmd: 'ssh', pkg: 'openssh-client', use: 'run', why: 'reaches Xen hosts (xen+ssh://) and the nested test host' },
   { cmd: 'virt-xml-validate', pkg: 'libvirt-clients', use: 'test', why: "checks libvirt XML against libvirt's own schema" },
   { cmd: 'xmllint', pkg: 'libxml2-utils', use: 'test', why: 'virt-xml-validate runs it' },
   { cmd: 'nbdinfo', pkg: 'libnbd-bin', use: 'test', why: 'an independent NBD client' },

@@ -7,6 +7,7 @@
  * `disk` commands keep their start-up time.
  */
 import { Command, Option } from 'commander';
+import type { Estate } from '../hosts/estate.js';
 import type { LocalHost } from '../hosts/local.js';
 import { PolyvisorError } from '../errors.js';
 import { dataDir } from '../store/data-dir.js';
@@ -24,6 +25,12 @@ export async function openHost(o: HostOptions): Promise<LocalHost> {
   return new LocalHost({ dataDir: dataDir(o.data), accel: o.accel });
 }
 
+/** Opens the estate (the local engine and every added host) on the same data folder. */
+export async function openEstate(o: HostOptions): Promise<Estate> {
+  const { Estate } = await import('../hosts/estate.js');
+  return new Estate({ dataDir: dataDir(o.data), accel: o.accel });
+}
+
 async function withHost<T>(cmd: Command, fn: (host: LocalHost, o: Record<string, any>) => Promise<T>): Promise<T> {
   const o = cmd.optsWithGlobals();
   const host = await openHost(o);
@@ -31,6 +38,16 @@ async function withHost<T>(cmd: Command, fn: (host: LocalHost, o: Record<string,
     return await fn(host, o);
   } finally {
     await host.close();
+  }
+}
+
+async function withEstate<T>(cmd: Command, fn: (estate: Estate, o: Record<string, any>) => Promise<T>): Promise<T> {
+  const o = cmd.optsWithGlobals();
+  const estate = await openEstate(o);
+  try {
+    return await fn(estate, o);
+  } finally {
+    await estate.close();
   }
 }
 
@@ -123,11 +140,11 @@ export function machineCommands(): Command[] {
       .addOption(accelOption())
       .option('--json', 'print machine-readable JSON')
       .action(async (name: string, _o, cmd: Command) => {
-        await withHost(cmd, async (host, o) => {
-          const vm = await host.start(name);
-          notices(host);
-          if (o.json) out(JSON.stringify({ name, state: vm.state, pid: vm.pid }, null, 2));
-          else out(`started ${name} (pid ${vm.pid}); polyvisor console ${name} attaches its serial console`);
+        await withEstate(cmd, async (estate, o) => {
+          const vm = await estate.start(name);
+          notices(estate.local);
+          if (o.json) out(JSON.stringify({ name, host: vm.host, state: vm.state, pid: vm.pid ?? null }, null, 2));
+          else out(`started ${name} on ${vm.host}${vm.pid ? ` (pid ${vm.pid})` : ''}; polyvisor console ${name} attaches its console`);
         });
       }),
   );
@@ -139,10 +156,10 @@ export function machineCommands(): Command[] {
       .option('--timeout <seconds>', 'how long the guest gets before it is forced off', '30')
       .option('--json', 'print machine-readable JSON')
       .action(async (name: string, _o, cmd: Command) => {
-        await withHost(cmd, async (host, o) => {
+        await withEstate(cmd, async (estate, o) => {
           const t = Number(o.timeout);
           if (!Number.isFinite(t) || t < 0) throw new PolyvisorError('ERR_USAGE', `--timeout ${o.timeout}: give a number of seconds`);
-          const r = await host.stop(name, { timeoutMs: t * 1000 });
+          const r = await estate.stop(name, { timeoutMs: t * 1000 });
           if (o.json) out(JSON.stringify({ name, stop: r }, null, 2));
           else out(r === 'graceful' ? `${name} powered off` : `${name} did not power off within ${t} s and was forced off`);
         });
@@ -154,8 +171,8 @@ export function machineCommands(): Command[] {
       .description('cut the power of a running VM at once')
       .argument('<name>')
       .action(async (name: string, _o, cmd: Command) => {
-        await withHost(cmd, async (host) => {
-          await host.kill(name);
+        await withEstate(cmd, async (estate) => {
+          await estate.kill(name);
           out(`${name} killed`);
         });
       }),
@@ -170,8 +187,8 @@ export function machineCommands(): Command[] {
         .description(text)
         .argument('<name>')
         .action(async (name: string, _o, cmd: Command) => {
-          await withHost(cmd, async (host) => {
-            await host[verb](name);
+          await withEstate(cmd, async (estate) => {
+            await estate[verb](name);
             out(`${name} ${verb === 'pause' ? 'paused' : 'resumed'}`);
           });
         }),
@@ -184,9 +201,9 @@ export function machineCommands(): Command[] {
       .argument('<name...>')
       .option('-f, --force', 'kill the VM first if it runs')
       .action(async (names: string[], _o, cmd: Command) => {
-        await withHost(cmd, async (host, o) => {
+        await withEstate(cmd, async (estate, o) => {
           for (const name of names) {
-            await host.remove(name, { force: !!o.force });
+            await estate.remove(name, { force: !!o.force });
             out(`removed ${name}`);
           }
         });
@@ -199,14 +216,15 @@ export function machineCommands(): Command[] {
       .option('-a, --all', 'also list stopped VMs (default: running and paused only)')
       .option('--json', 'print machine-readable JSON (every VM, with its spec)')
       .action(async (_o, cmd: Command) => {
-        await withHost(cmd, async (host, o) => {
-          const vms = host.list();
+        await withEstate(cmd, async (estate, o) => {
+          const vms = await estate.list();
+          for (const v of vms) if (v.unreachable) process.stderr.write(`polyvisor: host ${v.host} did not answer; ${v.name} shows its last known state: ${v.unreachable}\n`);
           if (o.json) {
-            out(JSON.stringify(vms.map((v) => ({ name: v.name, state: v.state, pid: v.pid ?? null, host: v.host, source: v.source, sourceKind: v.sourceKind, startedAt: v.startedAt ?? null, createdAt: v.createdAt, uuid: v.uuid, disks: v.disks, spec: v.spec })), null, 2));
+            out(JSON.stringify(vms.map((v) => ({ name: v.name, state: v.state, pid: v.pid ?? null, host: v.host, reachable: !v.unreachable, source: v.source, sourceKind: v.sourceKind, startedAt: v.startedAt ?? null, createdAt: v.createdAt, uuid: v.uuid, disks: v.disks, spec: v.spec })), null, 2));
             return;
           }
           const shown = o.all ? vms : vms.filter((v) => v.state !== 'stopped');
-          const rows = [['NAME', 'STATE', 'PID', 'UPTIME', 'CPUS', 'MEMORY', 'SOURCE'], ...shown.map((v) => [v.name, v.state, v.pid ? String(v.pid) : '-', uptime(v.startedAt), String(v.spec.cpu.count), `${Math.round(v.spec.memory.bytes / (1 << 20))}M`, `${v.source} (${v.sourceKind})`])];
+          const rows = [['NAME', 'HOST', 'STATE', 'PID', 'UPTIME', 'CPUS', 'MEMORY', 'SOURCE'], ...shown.map((v) => [v.name, v.host, v.state, v.pid ? String(v.pid) : '-', uptime(v.startedAt), String(v.spec.cpu.count), `${Math.round(v.spec.memory.bytes / (1 << 20))}M`, `${v.source} (${v.sourceKind})`])];
           const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
           for (const r of rows) out(r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  '));
           if (!o.all && vms.length > shown.length) out(`(${vms.length - shown.length} stopped; ps --all lists them)`);
@@ -219,13 +237,70 @@ export function machineCommands(): Command[] {
       .description(`attach to a running VM's serial console (detach: ${DETACH_KEY_NAME})`)
       .argument('<name>')
       .action(async (name: string, _o, cmd: Command) => {
-        await withHost(cmd, async (host) => {
-          const stream = await host.console(name);
+        await withEstate(cmd, async (estate) => {
+          const stream = await estate.console(name);
           if (process.stdin.isTTY) process.stderr.write(`polyvisor: attached to ${name}; ${DETACH_KEY_NAME} detaches\n`);
           const how = await attachConsole(stream, { detachable: true });
           if (how === 'ended') process.stderr.write(`\npolyvisor: ${name} has stopped\n`);
         });
       }),
   );
+  cmds.push(
+    new Command('move')
+      .description('move a stopped VM to another host: disks converted on the way, descriptor re-encoded for the target')
+      .argument('<name>')
+      .requiredOption('--to <host>', 'the host to move it to ("local" is the local engine; polyvisor host ls lists the others)')
+      .option('--json', 'print machine-readable JSON')
+      .action(async (name: string, _o, cmd: Command) => {
+        await withEstate(cmd, async (estate, o) => {
+          const r = await estate.move(name, o.to);
+          if (o.json) {
+            out(JSON.stringify({ name, host: r.vm.host, disks: r.vm.disks, notes: r.notes }, null, 2));
+            return;
+          }
+          out(`moved ${name} to ${r.vm.host}`);
+          for (const n of r.notes) out(`  ${n.action} ${n.setting}: ${n.reason}`);
+        });
+      }),
+  );
+
+  const host = new Command('host').description('the hypervisor hosts Polyvisor manages besides the local engine');
+  host
+    .command('add')
+    .description('add a Xen host reached over SSH, after checking that its xl toolstack answers')
+    .argument('<name>', 'a short name for the host')
+    .argument('<uri>', 'xen+ssh://[user@]host[:port]')
+    .option('-i, --identity <file>', 'the SSH private key (default: ssh\'s own choice)')
+    .option('--storage <dir>', 'the folder on the host for VMs (default /var/lib/polyvisor)')
+    .option('--no-check', 'add it without connecting')
+    .action(async (name: string, uri: string, _o, cmd: Command) => {
+      await withEstate(cmd, async (estate, o) => {
+        const h = await estate.addHost(name, uri, { identityFile: o.identity, storageDir: o.storage, check: o.check });
+        out(`added host ${h.name} (${h.uri})`);
+      });
+    });
+  host
+    .command('ls')
+    .description('list the hosts')
+    .option('--json', 'print machine-readable JSON')
+    .action(async (_o, cmd: Command) => {
+      await withEstate(cmd, async (estate, o) => {
+        const hosts = [{ name: 'local', uri: 'qemu:///local', driver: 'qemu', options: {}, addedAt: '' }, ...estate.store.listHosts()];
+        if (o.json) out(JSON.stringify(hosts, null, 2));
+        else for (const h of hosts) out(`${h.name.padEnd(16)} ${h.driver.padEnd(6)} ${h.uri}`);
+      });
+    });
+  host
+    .command('rm')
+    .description('forget a host (it must have no VMs in the store)')
+    .argument('<name>')
+    .action(async (name: string, _o, cmd: Command) => {
+      await withEstate(cmd, async (estate) => {
+        estate.store.getHost(name);
+        estate.store.removeHost(name);
+        out(`removed host ${name}`);
+      });
+    });
+  cmds.push(host);
   return cmds;
 }

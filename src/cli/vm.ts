@@ -8,7 +8,7 @@ import type { ConversionNote, VmSource } from '../vm/codec.js';
 import { convertVm } from '../vm/convert.js';
 import { CODECS, PACKAGES, targetNames } from '../vm/registry.js';
 import { openVmSource } from '../vm/source.js';
-import { openHost } from './machines.js';
+import { openEstate } from './machines.js';
 import { createProgress } from './progress.js';
 import { out, withSignal } from './run.js';
 
@@ -121,6 +121,7 @@ export function vmCommand(): Command {
     .description('bring a VM into the store from any descriptor, package or exported folder, ready to start')
     .argument('<source>', 'descriptor file, package, or exported VM folder')
     .option('--name <name>', "the VM's name in the store (default: from the descriptor)")
+    .option('--host <host>', 'put it on this host (default: the local engine; polyvisor host ls lists them)')
     .option('--copy', "convert every disk into the store (default: disks QEMU reads stay where they are, behind an overlay; others are converted)")
     .option('--persist', 'the guest writes to the source disks themselves (default: they are never written)')
     .option('-p, --progress', 'show a progress bar while disks are converted')
@@ -128,19 +129,19 @@ export function vmCommand(): Command {
     .option('--allow-outside-paths', "follow files outside the descriptor's folder")
     .action(async (path: string, _o, cmd: Command) => {
       const o = cmd.optsWithGlobals();
-      const host = await openHost(o);
+      const host = await openEstate(o);
       try {
         const progress = createProgress(!!o.progress, 'import');
         const r = await withSignal((signal) =>
-          host.import(path, { name: o.name, copy: !!o.copy, persist: !!o.persist, allowOutsidePaths: o.allowOutsidePaths, signal, onProgress: (d, t) => progress.update(d, t) }),
+          host.import(path, { host: o.host, name: o.name, copy: !!o.copy, persist: !!o.persist, allowOutsidePaths: o.allowOutsidePaths, signal, onProgress: (d, t) => progress.update(d, t) }),
         ).finally(() => progress.stop());
         if (o.json) {
           out(JSON.stringify({ name: r.vm.name, uuid: r.vm.uuid, source: r.vm.source, sourceKind: r.vm.sourceKind, disks: r.vm.disks, notes: r.notes }, null, 2));
           return;
         }
-        out(`imported ${r.vm.name} from ${path} (${r.vm.sourceKind})`);
+        out(`imported ${r.vm.name} from ${path} (${r.vm.sourceKind}) onto ${r.vm.host}`);
         for (const d of r.vm.disks) {
-          const how = d.mode === 'overlay' ? 'read in place, guest writes go to an overlay' : d.mode === 'copy' ? 'converted into the store' : 'read and written in place (--persist)';
+          const how = { overlay: 'read in place, guest writes go to an overlay', copy: 'converted into the store', persist: 'read and written in place (--persist)', host: `copied to ${r.vm.host} as ${d.path}` }[d.mode];
           out(`  disk ${d.index}: ${d.label}: ${how}`);
         }
         for (const n of r.notes) out(noteLine(n));

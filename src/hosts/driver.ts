@@ -10,6 +10,7 @@
  */
 import type { Duplex } from 'node:stream';
 import { PolyvisorError } from '../errors.js';
+import type { BlockImage } from '../disk/image.js';
 import type { VmSpec } from '../vm/spec.js';
 
 /** Every operation slot, in the order the support matrix lists them. */
@@ -38,6 +39,11 @@ export interface DiskAttachment {
   /** Polyvisor's registry name: raw, qcow2, vmdk, vhd, vhdx, vdi */
   format: string;
   readOnly?: boolean;
+  /**
+   * Opens the disk through Polyvisor's engine, for drivers that copy disks to their host (xl):
+   * a disk inside a package, or an overlay whose chain the caller has already vetted
+   */
+  open?: () => Promise<BlockImage>;
 }
 
 export interface DefineInput {

@@ -30,4 +30,6 @@ export const MIGRATIONS: string[][] = [
     )`,
     `CREATE INDEX vms_host ON vms (host)`,
   ],
+  // 2: how a host is reached beyond its URI (an SSH key, the storage folder on the host)
+  [`ALTER TABLE hosts ADD COLUMN options TEXT NOT NULL DEFAULT '{}'`],
 ];

@@ -27,9 +27,10 @@ export const StoredDiskSchema = z.object({
   /**
    * overlay: a qcow2 overlay in the VM's folder over the source file (the source is read, never written);
    * copy: the disk was converted into the VM's folder (the source was not one QEMU reads itself);
-   * persist: the source file itself, written by the guest (the user asked for it)
+   * persist: the source file itself, written by the guest (the user asked for it);
+   * host: the disk lives on the VM's (remote) host, at `path` there
    */
-  mode: z.enum(['overlay', 'copy', 'persist']),
+  mode: z.enum(['overlay', 'copy', 'persist', 'host']),
   /** what QEMU opens */
   path: z.string(),
   /** Polyvisor's registry name of `path`'s format */
@@ -55,10 +56,18 @@ export interface StoredVm {
   startedAt?: string;
 }
 
+export interface HostOptions {
+  /** the SSH private key */
+  identityFile?: string;
+  /** the folder on the host that holds one folder per VM */
+  storageDir?: string;
+}
+
 export interface StoredHost {
   name: string;
   uri: string;
   driver: string;
+  options: HostOptions;
   addedAt: string;
 }
 
@@ -75,6 +84,15 @@ interface VmRow {
   created_at: string;
   updated_at: string;
   started_at: string | null;
+}
+
+function parseOptions(text: string): HostOptions {
+  try {
+    const o = JSON.parse(text) as HostOptions;
+    return { identityFile: typeof o.identityFile === 'string' ? o.identityFile : undefined, storageDir: typeof o.storageDir === 'string' ? o.storageDir : undefined };
+  } catch {
+    return {};
+  }
 }
 
 /** VM names: what QEMU, xl and file names all accept. */
@@ -187,6 +205,14 @@ export class Store {
     return r.changes > 0;
   }
 
+  /** Records that a VM now lives elsewhere (a move): its host, disks and spec. */
+  relocateVm(name: string, to: { host: string; disks: StoredDisk[]; spec: VmSpec }): void {
+    const r = this.#db
+      .prepare("UPDATE vms SET host = ?, disks = ?, spec = ?, state = 'stopped', pid = NULL, started_at = NULL, updated_at = ? WHERE name = ?")
+      .run(to.host, JSON.stringify(to.disks), JSON.stringify(to.spec), new Date().toISOString(), name);
+    if (r.changes === 0) throw new PolyvisorError('ERR_NOT_FOUND', `no VM named ${name}`);
+  }
+
   removeVm(name: string): void {
     this.#db.prepare('DELETE FROM vms WHERE name = ?').run(name);
   }
@@ -196,7 +222,7 @@ export class Store {
   addHost(host: Omit<StoredHost, 'addedAt'>): StoredHost {
     const addedAt = new Date().toISOString();
     try {
-      this.#db.prepare('INSERT INTO hosts (name, uri, driver, added_at) VALUES (?, ?, ?, ?)').run(host.name, host.uri, host.driver, addedAt);
+      this.#db.prepare('INSERT INTO hosts (name, uri, driver, options, added_at) VALUES (?, ?, ?, ?, ?)').run(host.name, host.uri, host.driver, JSON.stringify(host.options), addedAt);
     } catch (e) {
       if ((e as { code?: string }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY') throw new PolyvisorError('ERR_EXISTS', `a host named ${host.name} already exists`);
       throw e;
@@ -205,10 +231,11 @@ export class Store {
   }
 
   listHosts(): StoredHost[] {
-    return (this.#db.prepare('SELECT name, uri, driver, added_at FROM hosts ORDER BY name').all() as Array<{ name: string; uri: string; driver: string; added_at: string }>).map((r) => ({
+    return (this.#db.prepare('SELECT name, uri, driver, options, added_at FROM hosts ORDER BY name').all() as Array<{ name: string; uri: string; driver: string; options: string; added_at: string }>).map((r) => ({
       name: r.name,
       uri: r.uri,
       driver: r.driver,
+      options: parseOptions(r.options),
       addedAt: r.added_at,
     }));
   }

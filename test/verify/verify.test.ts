@@ -187,7 +187,7 @@ describe('verify: real boots under TCG', () => {
     process.stdout.write = ((s: string | Uint8Array) => (chunks.push(String(s)), true)) as typeof process.stdout.write;
     const started = Date.now();
     try {
-      await verifyCommand().parseAsync(['node', 'verify', xml.hang!, '--expect', GUEST_MARKER, '--timeout', '6', '--out', outDir, '--accel', 'tcg', '--json']);
+      await verifyCommand().parseAsync(['node', 'verify', xml.hang!, '--expect', GUEST_MARKER, '--timeout', '6', '--out', outDir, '--accel', 'tcg', '--json', '--allow-outside-paths']);
     } finally {
       process.stdout.write = write;
     }

@@ -13,7 +13,8 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { execFile } from 'node:child_process';
+import { execFile, spawn, spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -28,6 +29,7 @@ import { qemuImg, tempDir } from '../helpers.js';
 import { startXenHost, type XenHost } from './host.js';
 
 const run = promisify(execFile);
+const CLI = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
 
 /** a PV guest writes to hvc0; the same command line on QEMU falls back to ttyS0 */
 const CMDLINE = 'console=ttyS0 console=hvc0 quiet panic=-1';
@@ -240,5 +242,80 @@ describe('xl driver on a real Xen 4.17 host (nested, under TCG)', () => {
     assert.deepEqual(await driver.list(), []);
     await assert.rejects(driver.undefine('pv1'), (e) => isPolyvisorError(e, 'ERR_NOT_FOUND'));
     assert.equal((await host.ssh.run(['test', '-e', `${STORAGE}/pv1`])).status, 1);
+  });
+
+  test('through the CLI: host add; a VM made on the local engine moves onto Xen, boots there, and moves back', async () => {
+    const data = join(dir, 'cli-data');
+    const pv = (...args: string[]) => {
+      const r = spawnSync(process.execPath, [CLI, ...args], { env: { ...process.env, POLYVISOR_DATA: data }, encoding: 'utf8', timeout: 900_000 });
+      return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+    };
+    const ok = (...args: string[]) => {
+      const r = pv(...args);
+      assert.equal(r.status, 0, `polyvisor ${args.join(' ')}: ${r.stderr}`);
+      return r.stdout;
+    };
+    const vmDir = join(dir, 'mover');
+    await mkdir(vmDir);
+    await copyFile(guest.kernel, join(vmDir, 'vmlinuz'));
+    await copyFile(guest.initrd, join(vmDir, 'initrd.gz'));
+    await copyFile(qcow2, join(vmDir, 'disk.qcow2'));
+    const cfg = join(vmDir, 'mover.cfg');
+    await writeFile(cfg, ['name = "mover"', 'type = "pv"', 'kernel = "vmlinuz"', 'ramdisk = "initrd.gz"', `extra = "${CMDLINE} pv.hold"`, 'memory = 128', 'disk = [ "format=qcow2,vdev=xvda,access=rw,target=disk.qcow2" ]', ''].join('\n'));
+    const ps = () => JSON.parse(ok('ps', '--json')) as Array<{ name: string; host: string; state: string }>;
+    const serial = join(data, 'vms', 'mover', 'serial.log');
+    const waitLog = async (re: RegExp) => {
+      for (let i = 0; i < 600; i++) {
+        const text = await readFile(serial, 'utf8').catch(() => '');
+        if (re.test(text)) return text;
+        await new Promise((r) => setTimeout(r, 500));
+      }
+      assert.fail(`no ${re} in ${serial}`);
+    };
+
+    ok('host', 'add', 'xen1', host.uri, '-i', host.sshTarget.identityFile);
+    assert.match(ok('host', 'ls'), /xen1\s+xen\s+xen\+ssh:/);
+    const bad = pv('host', 'add', 'xen2', 'xen+ssh://root@127.0.0.1:1', '-i', host.sshTarget.identityFile);
+    assert.equal(bad.status, 1);
+    assert.match(bad.stderr, /ERR_HOST/);
+
+    // made and booted on the local engine
+    ok('vm', 'import', cfg);
+    ok('start', 'mover', '--accel', 'tcg');
+    assert.deepEqual(DISK_LINE.exec(await waitLog(/POLYVISOR-DISK \S+ \S+\n/))?.slice(1), ['vda', diskSha]);
+    ok('kill', 'mover');
+
+    // moved onto Xen: the disk goes through the engine to raw on the host, the kernel along
+    const moved = JSON.parse(ok('move', 'mover', '--to', 'xen1', '--json'));
+    assert.equal(moved.host, 'xen1');
+    assert.equal(moved.disks[0].mode, 'host');
+    assert.deepEqual(ps().map((v) => [v.name, v.host, v.state]), [['mover', 'xen1', 'stopped']]);
+    ok('start', 'mover');
+    assert.equal(ps()[0]!.state, 'running');
+    // its console, through the CLI: the guest prints "tick" once it has checksummed its xvda
+    const con = spawn(process.execPath, [CLI, 'console', 'mover'], { env: { ...process.env, POLYVISOR_DATA: data }, stdio: ['pipe', 'pipe', 'pipe'] });
+    let text = '';
+    await new Promise<void>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`no tick on the Xen console: ${text.slice(-1000)}`)), 240_000);
+      con.stdout!.on('data', (b: Buffer) => {
+        text += b.toString();
+        if (text.includes('tick')) {
+          clearTimeout(t);
+          resolve();
+        }
+      });
+    });
+    con.stdin!.write(Buffer.from([0x1d]));
+    await new Promise((r) => con.once('exit', r));
+    ok('kill', 'mover');
+    assert.equal(ps()[0]!.state, 'stopped');
+
+    // and back: exported from the host, booted on the local engine with the same disk content
+    assert.equal(JSON.parse(ok('move', 'mover', '--to', 'local', '--json')).host, 'local');
+    assert.equal((await host.ssh.run(['test', '-e', '/var/lib/polyvisor/mover'])).status, 1, 'the VM left the Xen host');
+    ok('start', 'mover', '--accel', 'tcg');
+    assert.deepEqual(DISK_LINE.exec(await waitLog(/POLYVISOR-DISK \S+ \S+\n/))?.slice(1), ['vda', diskSha]);
+    ok('rm', '-f', 'mover');
+    ok('host', 'rm', 'xen1');
   });
 });

@@ -150,9 +150,9 @@ export class XenDriver implements HypervisorDriver {
           diskFiles.push(undefined);
           continue;
         }
-        if (!att.path) throw new PolyvisorError('ERR_UNSUPPORTED', `xen: disk ${i} is served over NBD (${att.nbdUri ?? 'no path'}); the xl driver copies disks from local files only`);
+        if (!att.path && !att.open) throw new PolyvisorError('ERR_UNSUPPORTED', `xen: disk ${i} is served over NBD (${att.nbdUri ?? 'no path'}); the xl driver copies disks from local files only`);
         const file = `disk${i}.raw`;
-        const image = await openImage(att.path, { format: att.format });
+        const image = att.open ? await att.open() : await openImage(att.path!, { format: att.format });
         try {
           await uploadImage(this.ssh, image, posix.join(stage, file), this.#progress(`disk ${i}`));
           diskFiles.push({ file: posix.join(final, file), format: 'raw', capacity: image.virtualSize });

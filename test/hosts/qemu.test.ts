@@ -11,7 +11,7 @@ import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { isPolyvisorError } from '../../src/errors.js';
 import { invoke, operationsOf, supports, type HypervisorDriver } from '../../src/hosts/driver.js';
-import { buildQemuArgv, kvmUsable, type QemuRuntime } from '../../src/hosts/qemu/argv.js';
+import { consoleForQemu, buildQemuArgv, kvmUsable, type QemuRuntime } from '../../src/hosts/qemu/argv.js';
 import { QemuDriver, ppmToPng } from '../../src/hosts/qemu/driver.js';
 import { QmpClient, type QmpEvent } from '../../src/hosts/qemu/qmp.js';
 import { emptySpec, type VmSpec } from '../../src/vm/spec.js';
@@ -205,7 +205,11 @@ describe('qemu argv', () => {
     const r = buildQemuArgv(spec({ virtualization: 'pv', boot: { kernel: k, ramdisk: join(dir, 'missing'), cmdline: 'root=/dev/xvda console=hvc0' } }), [], RT, { accel: 'tcg' });
     assert.equal(opt(r.argv, '-kernel'), k);
     assert.equal(opt(r.argv, '-initrd'), undefined);
-    assert.equal(opt(r.argv, '-append'), 'root=/dev/xvda console=hvc0 console=ttyS0');
+    assert.equal(opt(r.argv, '-append'), 'root=/dev/xvda console=ttyS0');
+    // the last console= is /dev/console: hvc0 after ttyS0 would send init's output nowhere
+    assert.equal(consoleForQemu('console=ttyS0 console=hvc0 quiet'), 'console=ttyS0 quiet');
+    assert.equal(consoleForQemu('console=tty0 console=hvc0,115200 ro'), 'console=tty0 console=ttyS0 ro');
+    assert.equal(consoleForQemu('quiet'), 'quiet console=ttyS0');
     assert.ok(r.notes.some((n) => n.setting === 'virtualization'));
     assert.ok(r.notes.some((n) => n.setting === 'boot.ramdisk' && n.action === 'dropped'));
     const gone = buildQemuArgv(spec({ virtualization: 'pv', boot: { kernel: '/nonexistent/vmlinuz' } }), [], RT, { accel: 'tcg' });

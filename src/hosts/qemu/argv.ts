@@ -166,10 +166,13 @@ export function buildQemuArgv(spec: VmSpec, disks: Array<DiskAttachment | undefi
         else notes.push({ setting: 'boot.ramdisk', action: 'dropped', from: boot.ramdisk, reason: 'the ramdisk is not on this host' });
       }
       let cmdline = boot.cmdline ?? '';
-      // a Xen PV kernel writes to hvc0, which QEMU does not have: add the first serial port
-      if (!/console=ttyS/.test(cmdline)) {
-        cmdline = (cmdline + ' console=ttyS0').trim();
-        notes.push({ setting: 'boot.cmdline', action: 'changed', from: boot.cmdline, to: cmdline, reason: 'the console is the first serial port under QEMU' });
+      // A Xen PV kernel writes to hvc0, which QEMU does not have. The last console= is the
+      // one /dev/console (and so init's output) goes to (Documentation/admin-guide/
+      // serial-console.rst): hvc0 becomes the first serial port, or one is added.
+      const serial = consoleForQemu(cmdline);
+      if (serial !== cmdline) {
+        cmdline = serial;
+        notes.push({ setting: 'boot.cmdline', action: 'changed', from: boot.cmdline, to: cmdline, reason: 'the console is the first serial port under QEMU (Xen\'s hvc0 does not exist there)' });
       }
       a.push('-append', cmdline);
     } else {
@@ -321,4 +324,18 @@ function addNic(a: string[], notes: ConversionNote[], n: VmNic, i: number): void
   }
   a.push('-netdev', netdev);
   a.push('-device', `${device},netdev=net${i}${n.mac ? `,mac=${n.mac}` : ''}`);
+}
+
+/** A kernel command line whose consoles QEMU has: hvc0 → ttyS0 (once), ttyS0 added when no serial console is named. */
+export function consoleForQemu(cmdline: string): string {
+  const words = cmdline.split(/\s+/).filter(Boolean);
+  const out: string[] = [];
+  for (const w of words) {
+    const m = /^console=hvc0(,.*)?$/.exec(w);
+    const next = m ? 'console=ttyS0' : w;
+    if (next === 'console=ttyS0' && out.includes(next)) continue;
+    out.push(next);
+  }
+  if (!out.some((w) => w.startsWith('console=ttyS'))) out.push('console=ttyS0');
+  return out.join(' ');
 }

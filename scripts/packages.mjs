@@ -37,7 +37,12 @@ export const DEBIAN = [
   { cmd: 'mkfs.btrfs', pkg: 'btrfs-progs', use: 'test', why: 'Btrfs volumes for the probe tests' },
   { cmd: 'cryptsetup', pkg: 'cryptsetup-bin', use: 'test', why: 'LUKS volumes for the probe tests' },
   { cmd: 'mkfs.ntfs', pkg: 'ntfs-3g', use: 'test', why: 'NTFS volumes for the probe tests' },
-  { file: '/usr/lib/grub/i386-pc/boot.img', pkg: 'grub-pc-bin', use: 'test', why: "GRUB's BIOS images for the Debian test guests" },
+  { file: '/usr/lib/grub/i386-pc/boot.img', pkg: 'grub-pc-bin', use: 'run', why: "GRUB's BIOS images: guest adaptation installs GRUB into guests that have no boot code" },
+  { cmd: 'grub-mkimage', pkg: 'grub-common', use: 'run', why: "builds GRUB's core image for guest adaptation" },
+  { cmd: 'zstd', pkg: 'zstd', use: 'run', why: 'reads and writes zstd-compressed guest initramfs (the Debian 12 default)' },
+  { cmd: 'xz', pkg: 'xz-utils', use: 'run', why: 'reads xz-compressed guest initramfs' },
+  { cmd: 'bzip2', pkg: 'bzip2', use: 'run', why: 'reads bzip2-compressed guest initramfs' },
+  { cmd: 'lz4', pkg: 'lz4', use: 'run', why: 'reads lz4-compressed guest initramfs' },
   { cmd: 'debootstrap', pkg: 'debootstrap', use: 'test', why: 'installs the Debian test guests and the nested Xen host' },
   { cmd: 'lsinitramfs', pkg: 'initramfs-tools-core', use: 'test', why: 'lists the test guests\' initramfs' },
 ];

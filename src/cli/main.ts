@@ -21,6 +21,12 @@ function needsVm(argv: string[]): boolean {
   return args.length === 0 || args.some((a) => a === 'vm' || a === 'help' || a === '-h' || a === '--help');
 }
 
+/** The guest layer loads only for `guest` commands and the help, as the VM layer does. */
+function needsGroup(argv: string[], group: string): boolean {
+  const args = argv.slice(2);
+  return args.length === 0 || args.some((a) => a === group || a === 'help' || a === '-h' || a === '--help');
+}
+
 export async function buildProgram(argv: string[] = process.argv): Promise<Command> {
   const program = new Command('polyvisor')
     .description('Polyvisor: read, write, convert, run and move VMs across Xen, Hyper-V, VMware and KVM/QEMU')
@@ -32,6 +38,11 @@ export async function buildProgram(argv: string[] = process.argv): Promise<Comma
   program.addCommand(verifyCommand());
   for (const c of machineCommands()) program.addCommand(c);
   if (needsVm(argv)) program.addCommand((await import('./vm.js')).vmCommand());
+  if (needsGroup(argv, 'guest')) {
+    const guest = (await import('./guest.js')).guestCommand();
+    (await import('./guest-adapt.js')).addAdaptCommands(guest);
+    program.addCommand(guest);
+  }
   // Commander exits with 1 on usage errors; scripts expect 2 for a wrong command line.
   const override = (cmd: Command) => {
     cmd.exitOverride();

@@ -695,7 +695,8 @@ export async function runQemuConsole(
     });
     const seconds = (Date.now() - t0) / 1000;
     if (stop instanceof RegExp && opts.waitExitMs) {
-      await Promise.race([ended, sleep(opts.waitExitMs)]);
+      // an unref'd timer: once the guest has ended, nothing keeps the test process waiting
+      await Promise.race([ended, new Promise<void>((r) => setTimeout(r, opts.waitExitMs).unref())]);
     }
     return { output, stop, seconds, exited, exitCode };
   } finally {

@@ -33,3 +33,11 @@ export { LocalHost, type LocalHostOptions, type ImportOptions } from './hosts/lo
 export { Store, type StoredVm, type StoredDisk, type StoredHost } from './store/store.js';
 export { dataDir } from './store/data-dir.js';
 export { serveNbd } from './hosts/nbd/server.js';
+
+// guest inspection and adaptation
+export { openGuest, type Guest } from './guest/open.js';
+export { inspect, inspectGuest, type GuestReport } from './guest/inspect.js';
+export { adaptGuest, type AdaptOptions, type AdaptResult } from './guest/adapt.js';
+export { undoAdaptation, readManifest } from './guest/manifest.js';
+export type { GuestFs, GuestStat } from './guest/fs.js';
+export type { Volume } from './guest/volume.js';

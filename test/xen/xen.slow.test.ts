@@ -244,7 +244,7 @@ describe('xl driver on a real Xen 4.17 host (nested, under TCG)', () => {
     assert.equal((await host.ssh.run(['test', '-e', `${STORAGE}/pv1`])).status, 1);
   });
 
-  test('through the CLI: host add; a VM made on the local engine moves onto Xen, boots there, and moves back', async () => {
+  test('through the CLI: host add; a VM made on the local engine moves onto Xen, boots there, and moves back', async (t) => {
     const data = join(dir, 'cli-data');
     const pv = (...args: string[]) => {
       const r = spawnSync(process.execPath, [CLI, ...args], { env: { ...process.env, POLYVISOR_DATA: data }, encoding: 'utf8', timeout: 900_000 });
@@ -263,6 +263,7 @@ describe('xl driver on a real Xen 4.17 host (nested, under TCG)', () => {
     const cfg = join(vmDir, 'mover.cfg');
     await writeFile(cfg, ['name = "mover"', 'type = "pv"', 'kernel = "vmlinuz"', 'ramdisk = "initrd.gz"', `extra = "${CMDLINE} pv.hold"`, 'memory = 128', 'disk = [ "format=qcow2,vdev=xvda,access=rw,target=disk.qcow2" ]', ''].join('\n'));
     const ps = () => JSON.parse(ok('ps', '--json')) as Array<{ name: string; host: string; state: string }>;
+    t.after(() => void pv('rm', '-f', 'mover'));
     const serial = join(data, 'vms', 'mover', 'serial.log');
     const waitLog = async (re: RegExp) => {
       for (let i = 0; i < 600; i++) {
@@ -282,7 +283,7 @@ describe('xl driver on a real Xen 4.17 host (nested, under TCG)', () => {
     // made and booted on the local engine
     ok('vm', 'import', cfg);
     ok('start', 'mover', '--accel', 'tcg');
-    assert.deepEqual(DISK_LINE.exec(await waitLog(/POLYVISOR-DISK \S+ \S+\n/))?.slice(1), ['vda', diskSha]);
+    assert.deepEqual(DISK_LINE.exec(await waitLog(/POLYVISOR-DISK \S+ \S+\r?\n/))?.slice(1), ['vda', diskSha]);
     ok('kill', 'mover');
 
     // moved onto Xen: the disk goes through the engine to raw on the host, the kernel along
@@ -314,7 +315,7 @@ describe('xl driver on a real Xen 4.17 host (nested, under TCG)', () => {
     assert.equal(JSON.parse(ok('move', 'mover', '--to', 'local', '--json')).host, 'local');
     assert.equal((await host.ssh.run(['test', '-e', '/var/lib/polyvisor/mover'])).status, 1, 'the VM left the Xen host');
     ok('start', 'mover', '--accel', 'tcg');
-    assert.deepEqual(DISK_LINE.exec(await waitLog(/POLYVISOR-DISK \S+ \S+\n/))?.slice(1), ['vda', diskSha]);
+    assert.deepEqual(DISK_LINE.exec(await waitLog(/POLYVISOR-DISK \S+ \S+\r?\n/))?.slice(1), ['vda', diskSha]);
     ok('rm', '-f', 'mover');
     ok('host', 'rm', 'xen1');
   });

@@ -82,7 +82,8 @@ export function machineCommands(): Command[] {
         await withHost(cmd, async (host, o) => {
           const timeout = o.timeout === undefined ? undefined : Number(o.timeout);
           if (timeout !== undefined && (!Number.isFinite(timeout) || timeout <= 0)) throw new PolyvisorError('ERR_USAGE', `--timeout ${o.timeout}: give a number of seconds`);
-          const { vm } = await host.import(source, { name: o.name, persist: !!o.persist, transient: !o.keep, allowOutsidePaths: o.allowOutsidePaths });
+          // run boots the guest as it is (adaptation is vm import's and move's step)
+          const { vm } = await host.import(source, { name: o.name, persist: !!o.persist, transient: !o.keep, allowOutsidePaths: o.allowOutsidePaths, adapt: false });
           const name = vm.name;
           const cleanup = async () => {
             if (!o.keep) await host.remove(name, { force: true }).catch(() => undefined);

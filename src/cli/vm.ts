@@ -124,6 +124,7 @@ export function vmCommand(): Command {
     .option('--host <host>', 'put it on this host (default: the local engine; polyvisor host ls lists them)')
     .option('--copy', "convert every disk into the store (default: disks QEMU reads stay where they are, behind an overlay; others are converted)")
     .option('--persist', 'the guest writes to the source disks themselves (default: they are never written)')
+    .option('--no-adapt', 'import the guest as it is (default: a Linux guest from another hypervisor is adapted to boot on KVM: see polyvisor guest adapt)')
     .option('-p, --progress', 'show a progress bar while disks are converted')
     .option('--json', 'print machine-readable JSON')
     .option('--allow-outside-paths', "follow files outside the descriptor's folder")
@@ -133,10 +134,10 @@ export function vmCommand(): Command {
       try {
         const progress = createProgress(!!o.progress, 'import');
         const r = await withSignal((signal) =>
-          host.import(path, { host: o.host, name: o.name, copy: !!o.copy, persist: !!o.persist, allowOutsidePaths: o.allowOutsidePaths, signal, onProgress: (d, t) => progress.update(d, t) }),
+          host.import(path, { host: o.host, name: o.name, adapt: o.adapt, copy: !!o.copy, persist: !!o.persist, allowOutsidePaths: o.allowOutsidePaths, signal, onProgress: (d, t) => progress.update(d, t) }),
         ).finally(() => progress.stop());
         if (o.json) {
-          out(JSON.stringify({ name: r.vm.name, uuid: r.vm.uuid, source: r.vm.source, sourceKind: r.vm.sourceKind, disks: r.vm.disks, notes: r.notes }, null, 2));
+          out(JSON.stringify({ name: r.vm.name, uuid: r.vm.uuid, source: r.vm.source, sourceKind: r.vm.sourceKind, disks: r.vm.disks, notes: r.notes, adaptation: r.adaptation ?? null }, null, 2));
           return;
         }
         out(`imported ${r.vm.name} from ${path} (${r.vm.sourceKind}) onto ${r.vm.host}`);
@@ -145,6 +146,10 @@ export function vmCommand(): Command {
           out(`  disk ${d.index}: ${d.label}: ${how}`);
         }
         for (const n of r.notes) out(noteLine(n));
+        const a = r.adaptation;
+        if (a?.manifest) out(`  guest adapted for KVM: ${a.changes} change(s), recorded in ${a.manifest} (polyvisor guest undo takes them back)`);
+        else if (a?.skipped) out(`  guest not adapted: ${a.skipped}`);
+        for (const p of a?.problems ?? []) out(`  warning: ${p}`);
         out(`start it with: polyvisor start ${r.vm.name}`);
       } finally {
         await host.close();

@@ -16,7 +16,7 @@ import { PolyvisorError } from '../errors.js';
 import type { HostOptions, StoredDisk, StoredHost, StoredVm, StoredVmState } from '../store/store.js';
 import type { ConversionNote } from '../vm/codec.js';
 import type { DiskAttachment, StopResult } from './driver.js';
-import { LOCAL_HOST, LocalHost, type LocalHostOptions } from './local.js';
+import { LOCAL_HOST, LocalHost, type ImportResult, type LocalHostOptions } from './local.js';
 import type { XenDriver } from './xen/driver.js';
 
 /** Host names: what the store and messages use (the local engine is "local"). */
@@ -79,7 +79,7 @@ export class Estate {
   // ---------- VMs ----------
 
   /** Brings a VM from any source onto `host` (default: the local engine). */
-  async import(source: string, opts: Parameters<LocalHost['import']>[1] & { host?: string } = {}): Promise<{ vm: StoredVm; notes: ConversionNote[] }> {
+  async import(source: string, opts: Parameters<LocalHost['import']>[1] & { host?: string } = {}): Promise<ImportResult> {
     const host = opts.host ?? LOCAL_HOST;
     if (host === LOCAL_HOST) return this.local.import(source, opts);
     const { storeName } = await import('./local.js');
@@ -195,7 +195,7 @@ export class Estate {
    * VM is then removed from the host it left. Returns the notes of what the target could not
    * carry.
    */
-  async move(name: string, to: string): Promise<{ vm: StoredVm; notes: ConversionNote[] }> {
+  async move(name: string, to: string): Promise<ImportResult> {
     const vm = (await this.list()).find((v) => v.name === name);
     if (!vm) throw new PolyvisorError('ERR_NOT_FOUND', `no VM named ${name} (polyvisor ps -a lists them)`);
     if (vm.host === to) throw new PolyvisorError('ERR_USAGE', `${name} is already on ${to}`);
@@ -221,7 +221,7 @@ export class Estate {
     return { vm: this.store.getVm(vm.name), notes: driver.notes(vm.name) };
   }
 
-  async #toLocal(vm: StoredVm): Promise<{ vm: StoredVm; notes: ConversionNote[] }> {
+  async #toLocal(vm: StoredVm): Promise<ImportResult> {
     const driver = await this.driver(vm.host);
     const dir = this.local.vmDir(vm.name);
     let spec;
@@ -235,9 +235,11 @@ export class Estate {
     spec.disks.forEach((d, index) => {
       if (d.file) disks.push({ index, label: d.file, mode: 'copy', path: d.file, format: d.format ?? 'raw' });
     });
+    // a guest from Xen is adapted for the local engine, as an import is
+    const adaptation = await this.local.adapt(dir, 'xl', spec, disks);
     this.store.relocateVm(vm.name, { host: LOCAL_HOST, disks, spec: { ...spec, name: vm.name } });
     await driver.undefine(vm.name);
-    return { vm: this.store.getVm(vm.name), notes: [] };
+    return { vm: this.store.getVm(vm.name), notes: [], adaptation };
   }
 
   /** Where a local VM's console log is. */

@@ -26,6 +26,7 @@ import type { BlockImage } from '../disk/image.js';
 import { PolyvisorError } from '../errors.js';
 import { Store, checkVmName, type StoredDisk, type StoredVm } from '../store/store.js';
 import type { ConversionNote } from '../vm/codec.js';
+import type { VmSpec } from '../vm/spec.js';
 import type { DiskAttachment, StopResult } from './driver.js';
 import type { NbdServer } from './nbd/server.js';
 import { QemuDriver } from './qemu/driver.js';
@@ -56,6 +57,11 @@ export interface ImportOptions {
    */
   transient?: boolean;
   allowOutsidePaths?: boolean;
+  /**
+   * adapt the guest for the local engine (KVM's devices) when it comes from another
+   * hypervisor (default true; `run` does not adapt): see ../guest/adapt.ts
+   */
+  adapt?: boolean;
   signal?: AbortSignal;
   onProgress?: (done: number, total: number) => void;
 }
@@ -63,6 +69,31 @@ export interface ImportOptions {
 export interface ImportResult {
   vm: StoredVm;
   notes: ConversionNote[];
+  /** what guest adaptation did: the manifest `guest undo` takes, or why nothing was adapted */
+  adaptation?: { manifest?: string; changes: number; skipped?: string; problems: string[] };
+}
+
+/** The hypervisor a VM source was made for, as guest adaptation names targets; undefined when unknown. */
+export function sourceHypervisor(kind: string, spec: VmSpec): string | undefined {
+  switch (kind) {
+    case 'xl':
+    case 'xva':
+      return spec.virtualization === 'hvm' ? 'xen-hvm' : 'xen-pv';
+    case 'vmx':
+    case 'ovf':
+    case 'ova':
+      return 'vmware';
+    case 'hyperv':
+    case 'vmc':
+      return 'hyperv';
+    case 'libvirt': {
+      // the domain type the libvirt codec keeps in extra.libvirt.type (kvm, qemu, xen)
+      const type = (spec.extra.libvirt as Record<string, unknown> | undefined)?.type ?? (spec.virtualization === 'hvm' ? 'kvm' : 'xen');
+      return type === 'xen' ? (spec.virtualization === 'hvm' ? 'xen-hvm' : 'xen-pv') : 'kvm';
+    }
+    default:
+      return undefined;
+  }
 }
 
 export class LocalHost {
@@ -148,10 +179,10 @@ export class LocalHost {
       });
       dir = undefined;
       if (nbd.length) await this.#serve(name, nbd);
+      for (const img of opened.splice(0).filter((i) => !nbd.some((n) => n.image === i))) await img.close();
+      const adaptation = opts.adapt === false ? undefined : await this.adapt(final, source.kind, spec, disks, opts.signal);
       const vm = this.store.addVm({ name, uuid: spec.uuid ?? randomUUID(), host: LOCAL_HOST, source: resolve(sourcePath), sourceKind: source.kind, spec, disks });
-      // the images served over NBD stay open for the run; the others are closed below
-      for (const { image } of nbd) opened.splice(opened.indexOf(image), 1);
-      return { vm, notes: source.notes };
+      return { vm, notes: source.notes, adaptation };
     } catch (e) {
       if (dir) await rm(dir, { recursive: true, force: true });
       else if (final && !this.store.findVm(opts.name ?? storeName(source.spec.name))) await rm(final, { recursive: true, force: true }).catch(() => undefined);
@@ -159,6 +190,31 @@ export class LocalHost {
     } finally {
       for (const img of opened) await img.close().catch(() => undefined);
       await source.close();
+    }
+  }
+
+  /**
+   * Adapts a guest from another hypervisor for the local engine, in the VM's own disks (the
+   * overlays and copies in its folder: the source is not touched), with the manifest beside
+   * them. A guest Polyvisor cannot adapt (no Linux root file system found, disks persisted
+   * to the source or served over NBD) is imported as it is, and the result says why.
+   */
+  async adapt(dir: string, kind: string, spec: VmSpec, disks: StoredDisk[], signal?: AbortSignal): Promise<ImportResult['adaptation']> {
+    const from = sourceHypervisor(kind, spec);
+    if (from === 'kvm') return { changes: 0, skipped: 'the VM comes from KVM/QEMU already', problems: [] };
+    if (disks.length === 0) return { changes: 0, skipped: 'the VM has no disk', problems: [] };
+    if (disks.some((d) => d.mode === 'persist' || d.source?.startsWith('nbd:'))) return { changes: 0, skipped: 'its disks are the sources themselves or served over NBD (import it without --persist to adapt it)', problems: [] };
+    const { adaptGuest } = await import('../guest/adapt.js');
+    const { isPolyvisorError } = await import('../errors.js');
+    const ordered = [...disks].sort((a, b) => a.index - b.index).map((d) => d.path);
+    try {
+      // the MACs carry over: the guest's interface names follow them
+      const nics = spec.nics.flatMap((n) => (n.mac ? [{ mac: n.mac }] : []));
+      const r = await adaptGuest(ordered, { target: 'kvm', inPlace: true, manifestPath: join(dir, 'adapt.manifest.json'), allowOutsidePaths: true, nics, signal });
+      return { manifest: r.manifest, changes: r.changes.length, problems: r.problems };
+    } catch (e) {
+      if (isPolyvisorError(e, 'ERR_NOT_FOUND') || isPolyvisorError(e, 'ERR_UNSUPPORTED')) return { changes: 0, skipped: `not adapted: ${(e as Error).message}`, problems: [] };
+      throw e;
     }
   }
 

@@ -269,13 +269,15 @@ export function machineCommands(): Command[] {
   host
     .command('add')
     .description('add a Xen host reached over SSH, after checking that its xl toolstack answers')
-    .argument('<name>', 'a short name for the host')
     .argument('<uri>', 'xen+ssh://[user@]host[:port]')
+    .option('--name <name>', "a short name for the host (default: the URI's host name)")
     .option('-i, --identity <file>', 'the SSH private key (default: ssh\'s own choice)')
     .option('--storage <dir>', 'the folder on the host for VMs (default /var/lib/polyvisor)')
     .option('--no-check', 'add it without connecting')
-    .action(async (name: string, uri: string, _o, cmd: Command) => {
+    .action(async (uri: string, _o, cmd: Command) => {
       await withEstate(cmd, async (estate, o) => {
+        const { parseXenUri } = await import('../hosts/xen/uri.js');
+        const name: string = o.name ?? parseXenUri(uri).host.replace(/[^A-Za-z0-9._-]/g, '-');
         const h = await estate.addHost(name, uri, { identityFile: o.identity, storageDir: o.storage, check: o.check });
         out(`added host ${h.name} (${h.uri})`);
       });

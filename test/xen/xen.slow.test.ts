@@ -274,9 +274,9 @@ describe('xl driver on a real Xen 4.17 host (nested, under TCG)', () => {
       assert.fail(`no ${re} in ${serial}`);
     };
 
-    ok('host', 'add', 'xen1', host.uri, '-i', host.sshTarget.identityFile);
+    ok('host', 'add', host.uri, '--name', 'xen1', '-i', host.sshTarget.identityFile);
     assert.match(ok('host', 'ls'), /xen1\s+xen\s+xen\+ssh:/);
-    const bad = pv('host', 'add', 'xen2', 'xen+ssh://root@127.0.0.1:1', '-i', host.sshTarget.identityFile);
+    const bad = pv('host', 'add', 'xen+ssh://root@127.0.0.1:1', '-i', host.sshTarget.identityFile);
     assert.equal(bad.status, 1);
     assert.match(bad.stderr, /ERR_HOST/);
 

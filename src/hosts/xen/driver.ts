@@ -265,10 +265,16 @@ export class XenDriver implements HypervisorDriver {
   }
 
   async list(): Promise<XenListEntry[]> {
-    const [domains, folders] = await Promise.all([
+    // both at once; when both fail (the host does not answer), xl list's failure is the one
+    // reported, whichever came back first
+    const [d, f] = await Promise.allSettled([
       this.domains(),
       this.ssh.exec(shellScript('for d in "$1"/*/; do n=${d%/}; n=${n##*/}; [ -f "$d$n.cfg" ] && printf \'%s\\n\' "$n"; done; exit 0', [this.storageDir])),
     ]);
+    if (d.status === 'rejected') throw d.reason;
+    if (f.status === 'rejected') throw f.reason;
+    const domains = d.value;
+    const folders = f.value;
     const byName = new Map(domains.filter((d) => d.domid !== 0).map((d) => [d.name, d]));
     const out: XenListEntry[] = [];
     for (const name of folders.split('\n').filter(Boolean).sort()) {

@@ -130,3 +130,16 @@ export async function assertQemuReads(file: string, qfmt: string, expected: Buff
   const r = qemuImgStatus('compare', '-f', qfmt, '-F', 'raw', file, raw);
   assert.equal(r.status, 0, `qemu-img compare: ${r.stdout}${r.stderr}`);
 }
+
+/** xorshift32: every case is reproducible from its seed. */
+export function rng(seed: number): (n: number) => number {
+  let x = seed >>> 0 || 0x9e3779b9;
+  return (n: number) => {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    return x % n;
+  };
+}

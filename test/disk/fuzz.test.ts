@@ -20,7 +20,7 @@ import { createHash } from 'node:crypto';
 import { mapChain, openImage } from '../../src/disk/chain.js';
 import { PolyvisorError } from '../../src/errors.js';
 import { HEADER_OFFSETS, HEADER_SIZE, REGION_TABLE_OFFSETS, REGION_TABLE_SIZE, sealChecksum } from '../../src/disk/formats/vhdx-structs.js';
-import { imageDigest, qemuImg, qemuIo, tempDir } from '../helpers.js';
+import { imageDigest, qemuImg, qemuIo, tempDir, rng } from '../helpers.js';
 
 const run = promisify(execFile);
 const ITER = Number(process.env.POLYVISOR_FUZZ_ITER ?? 100);
@@ -178,18 +178,6 @@ function fixVhdxChecksums(buf: Buffer): void {
   }
 }
 
-/** xorshift32: every case is reproducible from its seed. */
-function rng(seed: number) {
-  let x = seed >>> 0 || 0x9e3779b9;
-  return (n: number) => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x % n;
-  };
-}
 
 const INTERESTING_32 = [0, 1, 0x7f, 0x80, 0xff, 0x200, 0x1000, 0x10000, 0x7fffffff, 0x80000000, 0xfffffffe, 0xffffffff];
 

@@ -7,6 +7,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { rng } from '../helpers.js';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PolyvisorError } from '../../src/errors.js';
@@ -16,17 +17,6 @@ import { VmSpecSchema } from '../../src/vm/spec.js';
 const ITER = Number(process.env.POLYVISOR_FUZZ_ITER ?? 100);
 const FIXTURES = join(process.cwd(), 'test', 'vm', 'fixtures');
 
-function rng(seed: number) {
-  let x = seed >>> 0 || 0x9e3779b9;
-  return (n: number) => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x % n;
-  };
-}
 
 const EXTREMES = ['0', '-1', '4294967296', '99999999999999999999', '1e308', 'NaN', '', '"', "'", '<', '&amp;', '\u0000', '[', '='];
 

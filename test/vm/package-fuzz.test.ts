@@ -15,21 +15,10 @@ import type { VmSource } from '../../src/vm/codec.js';
 import { findPackage } from '../../src/vm/registry.js';
 import { emptySpec } from '../../src/vm/spec.js';
 import { openVmSource } from '../../src/vm/source.js';
-import { imageDigest, qemuImg, qemuIo, tempDir } from '../helpers.js';
+import { imageDigest, qemuImg, qemuIo, tempDir, rng } from '../helpers.js';
 
 const ITER = Number(process.env.POLYVISOR_FUZZ_ITER ?? 60);
 
-function rng(seed: number) {
-  let x = seed >>> 0 || 0x9e3779b9;
-  return (n: number) => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x % n;
-  };
-}
 
 /** Offsets of every tar header block, found by walking the sizes (the archive is ours and valid). */
 function headerOffsets(tar: Buffer): number[] {

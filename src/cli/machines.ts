@@ -13,6 +13,7 @@ import { PolyvisorError } from '../errors.js';
 import { dataDir } from '../store/data-dir.js';
 import { attachConsole, DETACH_KEY_NAME } from './console.js';
 import { out } from './run.js';
+import { trace } from '../util/trace.js';
 
 export interface HostOptions {
   data?: string;
@@ -85,6 +86,7 @@ export function machineCommands(): Command[] {
           // run boots the guest as it is (adaptation is vm import's and move's step)
           const { vm } = await host.import(source, { name: o.name, persist: !!o.persist, transient: !o.keep, allowOutsidePaths: o.allowOutsidePaths, adapt: false });
           const name = vm.name;
+          trace('imported');
           const cleanup = async () => {
             if (!o.keep) await host.remove(name, { force: true }).catch(() => undefined);
           };
@@ -99,10 +101,13 @@ export function machineCommands(): Command[] {
           try {
             // paused until the console is attached: the first byte the guest prints is seen
             await host.start(name, { paused: true });
+            trace('qemu started (paused)');
             notices(host);
             const stream = await host.console(name);
             const attached = attachConsole(stream);
+            trace('console attached');
             await host.resume(name);
+            trace('resumed');
             let timer: NodeJS.Timeout | undefined;
             if (timeout !== undefined) timer = setTimeout(() => void host.kill(name).catch(() => undefined), timeout * 1000);
             const how = await attached;

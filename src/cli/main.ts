@@ -1,70 +1,95 @@
 #!/usr/bin/env node
 /**
- * The `polyvisor` command. Each command group lives in its own file and calls the library;
- * this file only wires them together and turns errors into messages and exit statuses.
+ * The `polyvisor` executable: starts the CLI (./program.ts) as fast as Node allows.
+ *
+ * Start-up time is part of the product: `polyvisor run` should add little to a VM's boot
+ * (BENCHMARKS.md). Resolving, reading and compiling about a hundred ES modules one by one
+ * costs more than the rest of run's own work, so `npm run build` also writes the CLI as one
+ * CommonJS bundle (scripts/bundle.mjs → ./polyvisor.cjs), and this file runs it through
+ * node:vm with V8's code cache: the code compiled by the first run is kept in the user's cache
+ * folder and reused, so later runs neither parse nor compile it (the technique of
+ * v8-compile-cache; Node 20 has no module.enableCompileCache, which came in Node 22.1).
+ *
+ * The plain modules run instead when there is no bundle, when the bundle is older than the
+ * last TypeScript build (dist/.tsbuildinfo: a stale bundle must never run), or with
+ * POLYVISOR_NO_BUNDLE=1.
  */
-import { Command, CommanderError } from 'commander';
-import { readFileSync } from 'node:fs';
-import { diskCommand } from './disk.js';
-import { machineCommands } from './machines.js';
-import { verifyCommand } from './verify.js';
-import { reportError } from './run.js';
+import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, type Stats } from 'node:fs';
+import { createRequire } from 'node:module';
+import { homedir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { constants, Script } from 'node:vm';
 
-const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+const bundle = fileURLToPath(new URL('./polyvisor.cjs', import.meta.url));
+const buildInfo = fileURLToPath(new URL('../../.tsbuildinfo', import.meta.url));
 
-/**
- * The VM layer (codecs, XML, tar and schema libraries) takes about 0.1 s to load: it is loaded
- * only when a `vm` command or the help needs it, so `disk` commands start as fast as they can.
- */
-function needsVm(argv: string[]): boolean {
-  const args = argv.slice(2);
-  return args.length === 0 || args.some((a) => a === 'vm' || a === 'help' || a === '-h' || a === '--help');
-}
-
-/** The guest layer loads only for `guest` commands and the help, as the VM layer does. */
-function needsGroup(argv: string[], group: string): boolean {
-  const args = argv.slice(2);
-  return args.length === 0 || args.some((a) => a === group || a === 'help' || a === '-h' || a === '--help');
-}
-
-export async function buildProgram(argv: string[] = process.argv): Promise<Command> {
-  const program = new Command('polyvisor')
-    .description('Polyvisor: read, write, convert, run and move VMs across Xen, Hyper-V, VMware and KVM/QEMU')
-    .version(pkg.version, '-V, --version')
-    .showHelpAfterError('(run with --help for usage)')
-    .option('--data <dir>', 'the folder of the VM store (default: $POLYVISOR_DATA, else ~/.local/share/polyvisor)')
-    .exitOverride();
-  program.addCommand(diskCommand());
-  program.addCommand(verifyCommand());
-  for (const c of machineCommands()) program.addCommand(c);
-  if (needsVm(argv)) program.addCommand((await import('./vm.js')).vmCommand());
-  if (needsGroup(argv, 'guest')) {
-    const guest = (await import('./guest.js')).guestCommand();
-    (await import('./guest-adapt.js')).addAdaptCommands(guest);
-    program.addCommand(guest);
-  }
-  // Commander exits with 1 on usage errors; scripts expect 2 for a wrong command line.
-  const override = (cmd: Command) => {
-    cmd.exitOverride();
-    cmd.commands.forEach(override);
-  };
-  override(program);
-  return program;
-}
-
-export async function main(argv: string[]): Promise<void> {
-  const program = await buildProgram(argv);
-  const json = argv.includes('--json') || argv.includes('--output=json');
+function stat(path: string): Stats | undefined {
   try {
-    await program.parseAsync(argv);
-  } catch (e) {
-    if (e instanceof CommanderError) {
-      // --help and --version end here with exitCode 0
-      process.exitCode = e.exitCode === 0 ? 0 : 2;
-      return;
-    }
-    reportError(e, json);
+    return statSync(path);
+  } catch {
+    return undefined;
   }
 }
 
-await main(process.argv);
+function cacheFolder(): string | undefined {
+  const base = process.env.XDG_CACHE_HOME || (homedir() ? join(homedir(), '.cache') : '');
+  return base ? join(base, 'polyvisor') : undefined;
+}
+
+/** Writes V8's code for the bundle, as compiled by now, atomically; a cache that cannot be written is no error. */
+function saveCodeCache(script: Script, folder: string, file: string): void {
+  try {
+    const data = script.createCachedData();
+    mkdirSync(folder, { recursive: true });
+    // caches of earlier builds or Node versions are of no use any more
+    for (const f of readdirSync(folder)) if (f.startsWith('cli-') && f !== file) rmSync(join(folder, f), { force: true });
+    const tmp = join(folder, `.${file}.${process.pid}`);
+    writeFileSync(tmp, data);
+    renameSync(tmp, join(folder, file));
+  } catch {
+    // a read-only home, a full disk: the next run compiles again
+  }
+}
+
+async function runBundle(info: Stats): Promise<void> {
+  const source = readFileSync(bundle, 'utf8');
+  const folder = cacheFolder();
+  // V8 rejects data made from another source or by another V8, but the name keeps one file per build
+  const file = `cli-${process.version}-${process.arch}-${info.size}-${Math.floor(info.mtimeMs)}.v8`;
+  let cachedData: Buffer | undefined;
+  if (folder) {
+    try {
+      cachedData = readFileSync(join(folder, file));
+    } catch {
+      cachedData = undefined;
+    }
+  }
+  // CommonJS's own wrapper, on the bundle's first line so that line numbers stay right
+  const script = new Script(`(function (exports, require, module, __filename, __dirname) {${source}\n})`, {
+    filename: bundle,
+    cachedData,
+    // an import() left in the bundle (a Node built-in) loads as it would in a module
+    importModuleDynamically: constants.USE_MAIN_CONTEXT_DEFAULT_LOADER,
+  });
+  const reuse = cachedData !== undefined && !script.cachedDataRejected;
+  // saved at exit, so that the functions this command compiled lazily are in it too
+  if (folder && !reuse) process.once('exit', () => saveCodeCache(script, folder, file));
+  trace(`bundle compiled (${reuse ? 'code cache used' : cachedData ? 'code cache rejected' : 'no code cache'})`);
+  const module = { exports: {} as { main(argv: string[]): Promise<void> } };
+  script.runInThisContext()(module.exports, createRequire(bundle), module, bundle, dirname(bundle));
+  await module.exports.main(process.argv);
+}
+
+/** as ../util/trace.ts, which this file does not load: it must stay one small module */
+function trace(step: string): void {
+  if (process.env.POLYVISOR_TRACE === '1') process.stderr.write(`polyvisor: trace +${performance.now().toFixed(1)} ms ${step}\n`);
+}
+
+const info = process.env.POLYVISOR_NO_BUNDLE === '1' ? undefined : stat(bundle);
+const built = stat(buildInfo);
+if (info && (!built || info.mtimeMs >= built.mtimeMs)) await runBundle(info);
+else {
+  trace('starting from the modules (no bundle, or one older than the build)');
+  await (await import('./program.js')).main(process.argv);
+}

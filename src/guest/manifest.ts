@@ -25,7 +25,7 @@
  * files and raw areas) and diskN.journal.gz (the journal's original sectors, gzip).
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { openImage } from '../disk/chain.js';
@@ -568,7 +568,6 @@ async function undoByChange(m: Manifest, images: BlockImage[], dir: string, mani
  */
 export async function findManifestFor(image: string): Promise<string> {
   const abs = resolve(image);
-  const { readdir } = await import('node:fs/promises');
   let names: string[];
   try {
     names = await readdir(dirname(abs));

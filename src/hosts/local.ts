@@ -31,6 +31,7 @@ import type { DiskAttachment, StopResult } from './driver.js';
 import type { NbdServer } from './nbd/server.js';
 import { QemuDriver } from './qemu/driver.js';
 import { qemuAlive } from './qemu/process.js';
+import { trace } from '../util/trace.js';
 
 const run = promisify(execFile);
 
@@ -136,7 +137,9 @@ export class LocalHost {
       import('../vm/source.js'),
       import('./attach.js'),
     ]);
+    trace('import: modules loaded');
     const source = await openVmSource(sourcePath, { allowOutsidePaths: opts.allowOutsidePaths });
+    trace('import: source opened');
     const opened: BlockImage[] = [];
     let dir: string | undefined;
     let final: string | undefined;

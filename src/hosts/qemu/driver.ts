@@ -26,6 +26,7 @@ import { buildQemuArgv, type ArgvOptions, QEMU_FORMATS, kvmUsable } from './argv
 import { kvmWorks } from './kvm.js';
 import { qemuAlive, readPidfile, whenGone } from './process.js';
 import { QmpClient } from './qmp.js';
+import { trace } from '../../util/trace.js';
 
 export interface QemuDriverOptions extends ArgvOptions {
   /** where per-VM sockets, logs and variable stores live; default a new folder under the OS temp dir */
@@ -205,17 +206,20 @@ export class QemuDriver implements HypervisorDriver {
     }
     const binary = this.#opts.binary ?? 'qemu-system-x86_64';
     vm.stderr = '';
+    trace('qemu: spawning');
     if (this.#opts.detached) await this.#spawnDaemon(vm, binary, built.argv);
     else {
       this.#spawnChild(vm, binary, built.argv);
       vm.state = 'running';
     }
+    trace('qemu: spawned');
     try {
       vm.qmp = await this.#connect(vm, vm.paths.qmpSocket);
     } catch (e) {
       await this.#killProc(vm);
       throw e;
     }
+    trace('qemu: qmp connected');
     this.#watchState(vm, vm.qmp);
   }
 

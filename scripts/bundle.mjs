@@ -1,0 +1,31 @@
+#!/usr/bin/env node
+/**
+ * Part of `npm run build`: writes the CLI as one CommonJS file, dist/src/cli/polyvisor.cjs,
+ * from the modules tsc emitted, for src/cli/main.ts to run with V8's code cache (see there
+ * for why). The bundle sits beside main.js so that the few paths modules compute from
+ * import.meta.url (package.json, the native addon) resolve the same from it.
+ *
+ * better-sqlite3 stays outside: it loads a native addon from its own package folder.
+ */
+import { build } from 'esbuild';
+import { fileURLToPath } from 'node:url';
+import { dirname, join } from 'node:path';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const outfile = join(root, 'dist/src/cli/polyvisor.cjs');
+
+await build({
+  entryPoints: [join(root, 'dist/src/cli/program.js')],
+  outfile,
+  bundle: true,
+  platform: 'node',
+  format: 'cjs',
+  target: 'node20',
+  external: ['better-sqlite3'],
+  // modules are bundled from dist/src/<dir>/, one level below the bundle's own folder's
+  // parent, so the bundle's URL stands in for each module's import.meta.url
+  define: { 'import.meta.url': '__polyvisor_bundle_url' },
+  banner: { js: 'const __polyvisor_bundle_url = require("node:url").pathToFileURL(__filename).href;' },
+  sourcemap: true,
+  logLevel: 'warning',
+});

@@ -26,6 +26,9 @@ await build({
   // parent, so the bundle's URL stands in for each module's import.meta.url
   define: { 'import.meta.url': '__polyvisor_bundle_url' },
   banner: { js: 'const __polyvisor_bundle_url = require("node:url").pathToFileURL(__filename).href;' },
+  minify: true,
+  // function and class names stay: messages and stack traces use them
+  keepNames: true,
   sourcemap: true,
   logLevel: 'warning',
 });

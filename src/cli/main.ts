@@ -33,7 +33,9 @@ function stat(path: string): Stats | undefined {
 }
 
 function cacheFolder(): string | undefined {
-  const base = process.env.XDG_CACHE_HOME || (homedir() ? join(homedir(), '.cache') : '');
+  // as ../store/data-dir.ts cacheDir(), which this file does not load
+  const xdg = process.env.XDG_CACHE_HOME;
+  const base = xdg && xdg.startsWith('/') ? xdg : homedir() ? join(homedir(), '.cache') : '';
   return base ? join(base, 'polyvisor') : undefined;
 }
 

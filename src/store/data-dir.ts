@@ -13,3 +13,12 @@ export function dataDir(option?: string, env: NodeJS.ProcessEnv = process.env): 
   const xdg = env.XDG_DATA_HOME && env.XDG_DATA_HOME.startsWith('/') ? env.XDG_DATA_HOME : join(homedir(), '.local', 'share');
   return join(xdg, 'polyvisor');
 }
+
+/**
+ * Where Polyvisor keeps what it can compute again (the CLI's compiled code, the KVM probe's
+ * answer): $XDG_CACHE_HOME/polyvisor, by default ~/.cache/polyvisor. Deleting it is harmless.
+ */
+export function cacheDir(env: NodeJS.ProcessEnv = process.env): string {
+  const xdg = env.XDG_CACHE_HOME && env.XDG_CACHE_HOME.startsWith('/') ? env.XDG_CACHE_HOME : join(homedir(), '.cache');
+  return join(xdg, 'polyvisor');
+}

@@ -60,13 +60,14 @@ async function isManifest(path: string): Promise<boolean> {
 export function addAdaptCommands(guest: Command): void {
   guest
     .command('adapt')
-    .description('make a Linux guest boot on another hypervisor: drivers into its initramfs, devices by UUID, consoles, boot loader, network names, agents; every change recorded for undo')
+    .description('make a guest boot on another hypervisor (Linux: drivers into its initramfs, devices by UUID, consoles, boot loader, network names, agents; Windows: which storage drivers start at boot, other hypervisors\' tools disabled); every change recorded for undo')
     .argument('<source>', "the guest's disk image, or a VM descriptor (its disks and NIC MACs are used)")
     .requiredOption('--for <target>', `the hypervisor to adapt it for: ${TARGET_NAMES.join(', ')}`)
     .option('--in-place', 'write into the source disks themselves (default: a qcow2 overlay over each, the source untouched)')
     .option('--out <path>', 'the overlay file (one disk) or folder (several); default beside the source, <name>.<target>.qcow2')
     .option('--manifest <path>', 'where the manifest goes (default beside the output, <output>.manifest.json)')
     .option('--mac <address>', "the NIC's MAC address, once per NIC in order (default: from the VM descriptor)", collectMac, [] as string[])
+    .option('--virtio-win <folder>', "Windows for kvm: an extracted virtio-win ISO, whose viostor drivers the guest needs (none ships with Polyvisor)")
     .option('--json', 'print machine-readable JSON')
     .option('--allow-outside-paths', "follow disk files and backing files outside their descriptor's or image's folder")
     .action(async (source: string, o) => {
@@ -79,6 +80,7 @@ export function addAdaptCommands(guest: Command): void {
         manifestPath: o.manifest,
         nics: macs.length ? macs.map((mac) => ({ mac })) : src.nics,
         allowOutsidePaths: o.allowOutsidePaths,
+        virtioWin: o.virtioWin,
         signal,
       }));
       if (o.json) {

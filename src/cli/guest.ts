@@ -8,6 +8,7 @@ import { Command } from 'commander';
 import type { GuestReport, KernelReport } from '../guest/inspect.js';
 import { TARGETS } from '../guest/verdict.js';
 import { out } from './run.js';
+import type { WindowsFacts } from '../guest/windows/inspect.js';
 
 function size(n: number): string {
   const units = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB'];
@@ -55,11 +56,16 @@ export function formatReport(r: GuestReport): string {
   }
   const os = r.os;
   L.push('', `OS: ${os.prettyName ?? os.name ?? os.family}${os.distribution ? ` (${os.distribution}${os.version ? ` ${os.version}` : ''}${os.debianVersion ? `, debian_version ${os.debianVersion}` : ''})` : ''}`);
+  if (r.windows) L.push(...windowsLines(r.windows));
   if (r.kernels.length) {
     L.push('', 'Kernels:');
     for (const k of r.kernels) L.push(...kernelLines(k));
   }
   const b = r.boot;
+  if (r.windows) {
+    L.push(...verdictLines(r));
+    return L.join('\n');
+  }
   const mbr = b.mbr.present ? `boot code in the MBR${b.mbr.loader ? ` (${b.mbr.loader}${b.mbr.coreImage ? `, core.img at sector ${b.mbr.coreImage.lba}${b.mbr.coreImage.present ? '' : ' MISSING'}` : ''})` : ' (not recognised)'}` : 'no boot code in the MBR';
   L.push('', `Boot: ${b.style}, firmware ${b.firmware}; ${mbr}`);
   for (const e of b.esps) L.push(`  EFI system partition ${e.volume}: ${e.loaders.length ? e.loaders.join(' ') : 'no loader'}${e.removable ? '' : ' (no EFI/BOOT/BOOTX64.EFI)'}`);
@@ -79,7 +85,12 @@ export function formatReport(r: GuestReport): string {
   L.push(`Packages: ${r.packages.manager === 'none' ? 'no package database found' : `${r.packages.manager}${r.packages.count ? `, ${r.packages.count} installed` : ''}`}${r.packages.note ? ` (${r.packages.note})` : ''}`);
   L.push(`Hypervisor agents: ${r.agents.length ? '' : 'none'}`);
   for (const a of r.agents) L.push(`  ${a.name} (${a.hypervisor})${a.version ? ` ${a.version}` : ''}: ${a.services.map((s) => `${s.unit} ${s.enabled ? 'enabled' : 'not enabled'}`).join(', ') || 'no units'}`);
-  L.push('', 'Verdicts:');
+  L.push(...verdictLines(r));
+  return L.join('\n');
+}
+
+function verdictLines(r: GuestReport): string[] {
+  const L: string[] = ['', 'Verdicts:'];
   for (const t of TARGETS) {
     const v = r.verdicts[t];
     L.push(`  ${t.padEnd(12)} ${v.boots ? 'boots' : 'BLOCKED'} (disk on ${v.controller}, ${v.firmware === 'pv' ? 'PV boot' : v.firmware.toUpperCase()})`);
@@ -90,7 +101,20 @@ export function formatReport(r: GuestReport): string {
     L.push('', 'Warnings:');
     for (const w of r.warnings) L.push(`  ${w}`);
   }
-  return L.join('\n');
+  return L;
+}
+
+/** A Windows guest: what its registry says (the Linux sections do not apply). */
+function windowsLines(w: WindowsFacts): string[] {
+  const o = w.os;
+  const L = [`  ${[o.edition && `edition ${o.edition}`, o.installationType, o.build && `build ${o.build}`, o.arch].filter(Boolean).join(', ')}; Windows on ${w.volume}, ${w.controlSet}`];
+  const b = w.boot;
+  L.push('', `Boot: ${b.bios ? `BIOS (${b.bios.bootmgr ? 'bootmgr' : 'no bootmgr'} on ${b.bios.volume}${b.bios.bcd ? ', BCD present' : ', no BCD'})` : 'no BIOS boot files'}; ${b.uefi ? `UEFI (ESP ${b.uefi.volume}${b.uefi.loader ? `, ${b.uefi.loader}` : ', no loader'})` : 'no UEFI boot files'}`);
+  L.push('', 'Storage, bus and network drivers (start type, file):');
+  for (const d of w.drivers) L.push(`  ${d.name.padEnd(10)} ${d.what}: ${d.present ? `${d.startName}${d.file ? `, ${d.file}${d.fileExists ? '' : ' MISSING'}` : ''}${d.atBoot ? ', loaded at boot' : ''}` : 'not installed'}`);
+  L.push('', `Hypervisor tools: ${w.tools.length ? '' : 'none'}`);
+  for (const t of w.tools) L.push(`  ${t.name} (${t.hypervisor}): ${t.enabled ? 'enabled' : 'disabled'} (${t.services.map((s) => `${s.name} ${s.start}`).join(', ')})`);
+  return L;
 }
 
 export function guestCommand(): Command {

@@ -51,6 +51,8 @@ export interface AdaptOptions {
   /** the VM's NICs, in order: their MACs bind the guest's interface names */
   nics?: NicInfo[];
   allowOutsidePaths?: boolean;
+  /** a virtio-win folder to take Windows' virtio storage drivers from (kvm) */
+  virtioWin?: string;
   /** stops between steps; what was written is then taken back as on any failure */
   signal?: AbortSignal;
 }
@@ -329,10 +331,16 @@ export async function adaptGuest(guestDisks: string | readonly string[], options
     let steps: { problems: string[]; notes: string[] };
     const editor = new GuestEditor(guest);
     try {
-      if (!guest.root) throw new PolyvisorError('ERR_NOT_FOUND', `no Linux root file system found on the guest's disks${guest.warnings.length ? ` (${guest.warnings.join('; ')})` : ''}`, { file: disks[0] });
-      const rootFs = guest.root.fs as { readOnlyReason?: string | null } | undefined;
-      if (rootFs?.readOnlyReason) throw new PolyvisorError('ERR_UNSUPPORTED', `the root file system cannot be written: ${rootFs.readOnlyReason}`, { file: disks[0] });
-      steps = await adaptSteps(editor, target, options.nics ?? [], options.signal);
+      if (!guest.root && guest.volumes.some((v) => v.probe.type === 'ntfs')) {
+        // a Windows guest: its registry, not its files, decides what starts at boot
+        const { adaptWindowsSteps } = await import('./windows/adapt.js');
+        steps = await adaptWindowsSteps(editor, target.name, { target: options.target, virtioWin: options.virtioWin });
+      } else {
+        if (!guest.root) throw new PolyvisorError('ERR_NOT_FOUND', `no Linux root file system found on the guest's disks${guest.warnings.length ? ` (${guest.warnings.join('; ')})` : ''}`, { file: disks[0] });
+        const rootFs = guest.root.fs as { readOnlyReason?: string | null } | undefined;
+        if (rootFs?.readOnlyReason) throw new PolyvisorError('ERR_UNSUPPORTED', `the root file system cannot be written: ${rootFs.readOnlyReason}`, { file: disks[0] });
+        steps = await adaptSteps(editor, target, options.nics ?? [], options.signal);
+      }
     } finally {
       await guest.close();
     }

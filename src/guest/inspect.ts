@@ -31,6 +31,7 @@ import { readInitramfs, type Compression, type InitramfsGenerator } from './init
 import { findVolume, openGuest, parseDeviceName, readTextFile, type DeviceNaming, type DiskPrefix, type Guest, type GuestSource, type OpenGuestOptions } from './open.js';
 import type { BootLoader, PartitionScheme } from './partition.js';
 import { ROOT_FS_MODULES, verdicts, type Target, type Verdict } from './verdict.js';
+import { inspectWindows, windowsVerdicts, type WindowsFacts } from './windows/inspect.js';
 
 export interface DiskReport {
   index: number;
@@ -202,6 +203,8 @@ export interface AgentReport {
 
 export interface GuestReport {
   source: string;
+  /** a Windows guest: what its registry says (./windows/inspect.ts); the Linux parts are then empty */
+  windows?: WindowsFacts;
   disks: DiskReport[];
   volumes: VolumeReport[];
   root?: string;
@@ -1058,6 +1061,15 @@ export async function inspectGuest(guest: Guest): Promise<GuestReport> {
     facts.agents = pa.agents;
   }
   facts.warnings = [...guest.warnings, ...r.warnings];
+  if (!guest.root && os.family === 'windows') {
+    const windows = await inspectWindows(guest);
+    if (windows) {
+      const w = windows.os;
+      facts.os = { family: 'windows', ...(w.productName ? { name: w.productName, prettyName: w.productName } : {}), ...(w.version ? { version: w.build ? `${w.version}.${w.build}` : w.version } : {}) };
+      return { ...facts, warnings: [...facts.warnings, ...windows.notes], windows, verdicts: windowsVerdicts(windows) };
+    }
+    facts.warnings.push(`no Windows system found: no NTFS volume holds \\Windows\\System32\\config\\SYSTEM${guest.volumes.some((v) => v.probe.type === 'ntfs' && !v.fs) ? ' (some NTFS volumes could not be read)' : ''}`);
+  }
   return { ...facts, verdicts: verdicts(facts) };
 }
 

@@ -40,6 +40,7 @@ import { logicalVolume, scanVolumeGroups } from './lvm.js';
 import { partitionVolume, readPartitions, type Partition, type PartitionTable } from './partition.js';
 import { probeVolume, type ProbeResult } from './probe.js';
 import { imageVolume, type Volume } from './volume.js';
+import { openNtfs } from './windows/ntfs.js';
 
 /** What inspection and module readers need from a guest: a Guest and a single GuestFs both offer it. */
 export type GuestFiles = Pick<GuestFs, 'readFile' | 'exists' | 'readdir' | 'stat' | 'lstat' | 'readlink'>;
@@ -129,7 +130,7 @@ const MAX_PATH_COMPONENTS = 4096;
 const MAX_FSTAB = 1 << 20;
 const MAX_FSTAB_LINES = 4096;
 /** fs types Polyvisor mounts; the rest are listed but not opened */
-const READABLE = new Set(['ext2', 'ext3', 'ext4', 'vfat']);
+const READABLE = new Set(['ext2', 'ext3', 'ext4', 'vfat', 'ntfs']);
 
 /** Reads a guest text file of at most `max` bytes (ERR_UNSUPPORTED beyond: a hostile guest's huge file is not loaded). */
 export async function readTextFile(files: GuestFiles, path: string, max: number): Promise<string> {
@@ -458,6 +459,7 @@ async function openFs(v: Omit<GuestVolume, 'names'>, writable: boolean, warnings
   if (!READABLE.has(type)) return;
   try {
     if (type === 'vfat') v.fs = await openFat(v.volume);
+    else if (type === 'ntfs') v.fs = await openNtfs(v.volume, { readOnly: !writable });
     else {
       const fs = await openExt(v.volume, { readOnly: !writable });
       for (const w of fs.warnings) warnings.push(`${v.name}: ${w}`);
@@ -536,7 +538,6 @@ export async function openGuest(source: GuestSource, options: OpenGuestOptions =
     for (const v of found) await openFs(v, writable, warnings);
     const volumes: GuestVolume[] = found.map((v) => ({ ...v, names: namesOf(v) }));
     for (const v of volumes) {
-      if (v.probe.type === 'ntfs') warnings.push(`${v.name}: an NTFS volume; Polyvisor does not read NTFS, so a Windows system on it is not inspected`);
       if (v.probe.type === 'crypto_LUKS') warnings.push(`${v.name}: a LUKS-encrypted volume; what it holds cannot be read offline without its key`);
     }
 

@@ -21,7 +21,9 @@ await build({
   platform: 'node',
   format: 'cjs',
   target: 'node20',
-  external: ['better-sqlite3'],
+  // the server's libraries load only for `polyvisor serve`: kept out, they would lengthen every
+  // other command's start (the bundle is read and checked whole each time)
+  external: ['better-sqlite3', 'fastify', '@fastify/*', 'ajv', 'ajv-formats', 'ws'],
   // modules are bundled from dist/src/<dir>/, one level below the bundle's own folder's
   // parent, so the bundle's URL stands in for each module's import.meta.url
   define: { 'import.meta.url': '__polyvisor_bundle_url' },

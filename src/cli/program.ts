@@ -44,6 +44,8 @@ export async function buildProgram(argv: string[] = process.argv): Promise<Comma
     (await import('./guest-adapt.js')).addAdaptCommands(guest);
     program.addCommand(guest);
   }
+  // the server (Fastify, the API, the web console) loads only for `serve`
+  if (needsGroup(argv, 'serve')) program.addCommand((await import('./serve.js')).serveCommand());
   // Commander exits with 1 on usage errors; scripts expect 2 for a wrong command line.
   const override = (cmd: Command) => {
     cmd.exitOverride();

@@ -46,6 +46,8 @@ export const DEBIAN = [
   { cmd: 'xz', pkg: 'xz-utils', use: 'run', why: 'reads xz-compressed guest initramfs' },
   { cmd: 'bzip2', pkg: 'bzip2', use: 'run', why: 'reads bzip2-compressed guest initramfs' },
   { cmd: 'lz4', pkg: 'lz4', use: 'run', why: 'reads lz4-compressed guest initramfs' },
+  { cmd: 'chromium', pkg: 'chromium', use: 'test', why: "the real browser the web console's end-to-end tests drive (playwright-core; no browser download)" },
+  { file: '/usr/lib/postgresql/15/bin/initdb', pkg: 'postgresql', use: 'test', why: 'a throw-away PostgreSQL server for the store and server tests on PostgreSQL' },
   { cmd: 'debootstrap', pkg: 'debootstrap', use: 'test', why: 'installs the Debian test guests and the nested Xen host' },
   { cmd: 'lsinitramfs', pkg: 'initramfs-tools-core', use: 'test', why: 'lists the test guests\' initramfs' },
 ];

@@ -12,6 +12,7 @@ import type { LocalHost } from '../hosts/local.js';
 import { PolyvisorError } from '../errors.js';
 import { dataDir } from '../store/data-dir.js';
 import { attachConsole, DETACH_KEY_NAME } from './console.js';
+import { adaptationLines } from './adaptation.js';
 import { out } from './run.js';
 import { trace } from '../util/trace.js';
 
@@ -256,16 +257,18 @@ export function machineCommands(): Command[] {
       .description('move a stopped VM to another host: disks converted on the way, descriptor re-encoded for the target')
       .argument('<name>')
       .requiredOption('--to <host>', 'the host to move it to ("local" is the local engine; polyvisor host ls lists the others)')
+      .option('--no-adapt', 'move the guest as it is (default: a Linux guest is adapted for the host it goes to)')
       .option('--json', 'print machine-readable JSON')
       .action(async (name: string, _o, cmd: Command) => {
         await withEstate(cmd, async (estate, o) => {
-          const r = await estate.move(name, o.to);
+          const r = await estate.move(name, o.to, { adapt: o.adapt });
           if (o.json) {
-            out(JSON.stringify({ name, host: r.vm.host, disks: r.vm.disks, notes: r.notes }, null, 2));
+            out(JSON.stringify({ name, host: r.vm.host, disks: r.vm.disks, notes: r.notes, adaptation: r.adaptation ?? null }, null, 2));
             return;
           }
           out(`moved ${name} to ${r.vm.host}`);
           for (const n of r.notes) out(`  ${n.action} ${n.setting}: ${n.reason}`);
+          for (const l of adaptationLines(r.adaptation)) out(l);
         });
       }),
   );

@@ -4,6 +4,7 @@
  */
 import { Command, Option } from 'commander';
 import { formatSize } from '../util/size.js';
+import { adaptationLines } from './adaptation.js';
 import type { ConversionNote, VmSource } from '../vm/codec.js';
 import { convertVm } from '../vm/convert.js';
 import { CODECS, PACKAGES, targetNames } from '../vm/registry.js';
@@ -88,6 +89,8 @@ export function vmCommand(): Command {
     .requiredOption('--out <dir>', 'output folder (created if missing)')
     .option('--disk-format <fmt>', 'disk format for the target (default: the target\'s own)')
     .option('--descriptor-only', 'translate the descriptor alone; disks stay where they are')
+    .option('--no-adapt', 'convert the guest as it is (default: a Linux guest from another hypervisor is adapted for the target in the converted disks: see polyvisor guest adapt)')
+    .option('--adapt-for <target>', 'adapt for this target instead of the one the output implies (kvm, xen-pv, xen-hvm, vmware, hyperv-gen1, hyperv-gen2); xen-pv makes an HVM VM a PV one booted by pygrub')
     .option('-p, --progress', 'show a progress bar')
     .option('--force', 'replace existing files in the output folder')
     .option('--json', 'print machine-readable JSON')
@@ -101,16 +104,19 @@ export function vmCommand(): Command {
             descriptorOnly: !!o.descriptorOnly,
             force: !!o.force,
             allowOutsidePaths: o.allowOutsidePaths,
+            adapt: o.adapt,
+            adaptFor: o.adaptFor,
             signal,
             onProgress: (d, t) => progress.update(d, t),
           }),
         ).finally(() => progress.stop());
         if (o.json) {
-          out(JSON.stringify({ source: path, kind: s.kind, ...r }, null, 2));
+          out(JSON.stringify({ source: path, kind: s.kind, ...r, adaptation: r.adaptation ?? null }, null, 2));
           return;
         }
         out(`converted ${s.spec.name} (${s.kind}) for ${r.target}:`);
         for (const f of r.files) out(`  wrote ${f}`);
+        for (const l of adaptationLines(r.adaptation)) out(l);
         if (r.notes.length) {
           out(`${r.notes.length} setting(s) the target could not carry as they were:`);
           for (const n of r.notes) out(noteLine(n));
@@ -124,7 +130,7 @@ export function vmCommand(): Command {
     .option('--host <host>', 'put it on this host (default: the local engine; polyvisor host ls lists them)')
     .option('--copy', "convert every disk into the store (default: disks QEMU reads stay where they are, behind an overlay; others are converted)")
     .option('--persist', 'the guest writes to the source disks themselves (default: they are never written)')
-    .option('--no-adapt', 'import the guest as it is (default: a Linux guest from another hypervisor is adapted to boot on KVM: see polyvisor guest adapt)')
+    .option('--no-adapt', 'import the guest as it is (default: a Linux guest from another hypervisor is adapted for the host: KVM on the local engine, Xen PV on a Xen host; see polyvisor guest adapt)')
     .option('-p, --progress', 'show a progress bar while disks are converted')
     .option('--json', 'print machine-readable JSON')
     .option('--allow-outside-paths', "follow files outside the descriptor's folder")
@@ -146,10 +152,7 @@ export function vmCommand(): Command {
           out(`  disk ${d.index}: ${d.label}: ${how}`);
         }
         for (const n of r.notes) out(noteLine(n));
-        const a = r.adaptation;
-        if (a?.manifest) out(`  guest adapted for KVM: ${a.changes} change(s), recorded in ${a.manifest} (polyvisor guest undo takes them back)`);
-        else if (a?.skipped) out(`  guest not adapted: ${a.skipped}`);
-        for (const p of a?.problems ?? []) out(`  warning: ${p}`);
+        for (const l of adaptationLines(r.adaptation)) out(l);
         out(`start it with: polyvisor start ${r.vm.name}`);
       } finally {
         await host.close();

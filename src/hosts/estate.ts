@@ -7,14 +7,23 @@
  * Moving a VM between hosts goes through the same neutral pieces as everything else: the disks
  * through Polyvisor's disk engine (converted on the way to what the target keeps), the
  * descriptor through the VmSpec and the target's codec.
+ *
+ * A Linux guest going onto a Xen host from another hypervisor is adapted for Xen PV on the way
+ * (../vm/adapt.ts, staged: the disks are adapted in overlays here before they travel, since
+ * on the host they are raw files Polyvisor no longer edits), and an HVM spec becomes a PV
+ * domain booted by pygrub, the way the xl driver runs guests on hosts without VT-x. The
+ * manifest stays in the data folder, hosts/HOST/NAME/adapt.manifest.json, while the VM is there.
  */
 import { randomUUID } from 'node:crypto';
-import { rm } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { PolyvisorError } from '../errors.js';
 import type { HostOptions, StoredDisk, StoredHost, StoredVm, StoredVmState } from '../store/store.js';
-import type { ConversionNote } from '../vm/codec.js';
+import type { StagedSource, VmAdaptation } from '../vm/adapt.js';
+import type { ConversionNote, VmSource } from '../vm/codec.js';
+import type { VmSpec } from '../vm/spec.js';
 import type { DiskAttachment, StopResult } from './driver.js';
 import { LOCAL_HOST, LocalHost, type ImportResult, type LocalHostOptions } from './local.js';
 import type { XenDriver } from './xen/driver.js';
@@ -85,6 +94,7 @@ export class Estate {
     const { storeName } = await import('./local.js');
     const { openVmSource, withHostBootFiles } = await import('../vm/source.js');
     const { checkVmName } = await import('../store/store.js');
+    const { sourceHypervisor } = await import('../guest/route.js');
     const driver = await this.driver(host);
     const src = await openVmSource(source, { allowOutsidePaths: opts.allowOutsidePaths });
     try {
@@ -92,12 +102,69 @@ export class Estate {
       checkVmName(name);
       if (this.store.findVm(name)) throw new PolyvisorError('ERR_EXISTS', `a VM named ${name} already exists (choose another with --name)`);
       const spec = { ...(await withHostBootFiles(src, { allowOutsidePaths: opts.allowOutsidePaths })), name };
-      const disks: Array<DiskAttachment | undefined> = spec.disks.map(() => undefined);
-      for (const d of src.disks) disks[d.index] = { format: 'raw', open: () => d.open() };
-      await driver.define({ spec, disks });
-      return { vm: this.store.addVm({ name, uuid: spec.uuid ?? randomUUID(), host, source, sourceKind: src.kind, spec, disks: this.#hostDisks(driver, name, disks) }), notes: [...src.notes, ...driver.notes(name)] };
+      const r = await this.#defineOnXen(driver, host, { ...src, spec }, sourceHypervisor(src.kind, src.spec), opts);
+      const vm = this.store.addVm({ name, uuid: spec.uuid ?? randomUUID(), host, source, sourceKind: src.kind, spec: r.spec, disks: r.disks });
+      return { vm, notes: [...src.notes, ...r.notes], adaptation: r.adaptation };
     } finally {
       await src.close();
+    }
+  }
+
+  /** Where the store keeps what belongs to a VM on a remote host (its adaptation manifest). */
+  #recordDir(host: string, name: string): string {
+    return join(this.#dataDir, 'hosts', host, name);
+  }
+
+  /**
+   * Defines `source` (its spec named as the VM will be) on a Xen host: a guest from another
+   * hypervisor (`from`, as ../guest/route.ts names them) is first adapted for Xen PV in staging
+   * overlays, which then travel to the host as raw disks.
+   */
+  async #defineOnXen(
+    driver: XenDriver,
+    host: string,
+    source: VmSource,
+    from: string | undefined,
+    opts: { adapt?: boolean; signal?: AbortSignal },
+  ): Promise<{ spec: VmSpec; disks: StoredDisk[]; notes: ConversionNote[]; adaptation?: VmAdaptation }> {
+    const name = source.spec.name;
+    const record = this.#recordDir(host, name);
+    let adaptation: VmAdaptation | undefined;
+    let staged: StagedSource | undefined;
+    let carried = source;
+    let spec = source.spec;
+    const notes: ConversionNote[] = [];
+    try {
+      if (opts.adapt !== false) {
+        const { whyNotAdapt, asXenPv } = await import('../guest/route.js');
+        const why = whyNotAdapt(from, 'xen-pv');
+        if (why) adaptation = { target: 'xen-pv', changes: 0, problems: [], notes: [], skipped: why };
+        else {
+          const { stageAdapted } = await import('../vm/adapt.js');
+          await rm(record, { recursive: true, force: true });
+          await mkdir(record, { recursive: true });
+          staged = await stageAdapted(source, join(record, `.stage-${randomBytes(4).toString('hex')}`), { target: 'xen-pv', manifestPath: join(record, 'adapt.manifest.json'), spec, signal: opts.signal });
+          adaptation = staged.adaptation;
+          carried = staged.source;
+          if (adaptation.manifest && spec.virtualization === 'hvm') {
+            if (adaptation.problems.length === 0) {
+              spec = asXenPv(spec);
+              notes.push({ setting: 'virtualization', action: 'changed', from: 'hvm', to: 'pv', reason: "the guest was adapted for Xen PV: pygrub boots the kernel named by the guest's own grub.cfg" });
+            } else {
+              notes.push({ setting: 'virtualization', action: 'kept', from: 'hvm', reason: `the guest was adapted for Xen PV but cannot boot as a PV guest yet (${adaptation.problems.join('; ')}): it stays an HVM guest, which needs a host with VT-x or AMD-V` });
+            }
+          }
+        }
+      }
+      const disks: Array<DiskAttachment | undefined> = spec.disks.map(() => undefined);
+      for (const d of carried.disks) disks[d.index] = { format: 'raw', open: () => d.open() };
+      await driver.define({ spec, disks });
+      return { spec, disks: this.#hostDisks(driver, name, disks), notes: [...notes, ...driver.notes(name)], adaptation };
+    } catch (e) {
+      await rm(record, { recursive: true, force: true });
+      throw e;
+    } finally {
+      await staged?.dispose();
     }
   }
 
@@ -187,6 +254,7 @@ export class Estate {
     if (opts.force) await driver.kill(name);
     await driver.undefine(name);
     this.store.removeVm(name);
+    await rm(this.#recordDir(vm.host, name), { recursive: true, force: true });
   }
 
   /**
@@ -195,33 +263,40 @@ export class Estate {
    * VM is then removed from the host it left. Returns the notes of what the target could not
    * carry.
    */
-  async move(name: string, to: string): Promise<ImportResult> {
+  async move(name: string, to: string, opts: { adapt?: boolean; signal?: AbortSignal } = {}): Promise<ImportResult> {
     const vm = (await this.list()).find((v) => v.name === name);
     if (!vm) throw new PolyvisorError('ERR_NOT_FOUND', `no VM named ${name} (polyvisor ps -a lists them)`);
     if (vm.host === to) throw new PolyvisorError('ERR_USAGE', `${name} is already on ${to}`);
     if (vm.state !== 'stopped') throw new PolyvisorError('ERR_VM_STATE', `${name} is ${vm.state}; stop it before moving it`);
     if (to !== LOCAL_HOST) this.store.getHost(to);
-    if (vm.host === LOCAL_HOST) return this.#toRemote(vm, to);
-    if (to === LOCAL_HOST) return this.#toLocal(vm);
+    // a guest that ran on the local engine is adapted for Xen (what it ran there may have
+    // changed since it came); one only passing through from another Xen host is not
+    if (vm.host === LOCAL_HOST) return this.#toRemote(vm, to, 'kvm', opts);
+    if (to === LOCAL_HOST) return this.#toLocal(vm, opts);
     // between two remote hosts: through a local copy, then on
-    await this.#toLocal(vm);
-    return this.#toRemote(this.store.getVm(name), to);
+    await this.#toLocal(vm, { ...opts, adapt: false });
+    return this.#toRemote(this.store.getVm(name), to, 'xen-pv', opts);
   }
 
-  async #toRemote(vm: StoredVm, to: string): Promise<{ vm: StoredVm; notes: ConversionNote[] }> {
+  async #toRemote(vm: StoredVm, to: string, from: string, opts: { adapt?: boolean; signal?: AbortSignal }): Promise<ImportResult> {
     const { openImage } = await import('../disk/chain.js');
     const driver = await this.driver(to);
-    const disks: Array<DiskAttachment | undefined> = vm.spec.disks.map(() => undefined);
     // the VM's own disks: overlays Polyvisor made over sources it already vetted at import
-    for (const d of vm.disks) disks[d.index] = { format: d.format, open: () => openImage(d.path, { format: d.format, allowOutsidePaths: true }) };
-    await driver.define({ spec: vm.spec, disks });
-    const spec = vm.spec;
-    this.store.relocateVm(vm.name, { host: to, disks: this.#hostDisks(driver, vm.name, disks), spec });
+    const source: VmSource = {
+      path: this.local.vmDir(vm.name),
+      kind: 'local',
+      spec: vm.spec,
+      disks: vm.disks.map((d) => ({ index: d.index, label: d.label, open: () => openImage(d.path, { format: d.format, allowOutsidePaths: true }) })),
+      notes: [],
+      close: async () => undefined,
+    };
+    const r = await this.#defineOnXen(driver, to, source, from, opts);
+    this.store.relocateVm(vm.name, { host: to, disks: r.disks, spec: r.spec });
     await rm(this.local.vmDir(vm.name), { recursive: true, force: true });
-    return { vm: this.store.getVm(vm.name), notes: driver.notes(vm.name) };
+    return { vm: this.store.getVm(vm.name), notes: r.notes, adaptation: r.adaptation };
   }
 
-  async #toLocal(vm: StoredVm): Promise<ImportResult> {
+  async #toLocal(vm: StoredVm, opts: { adapt?: boolean; signal?: AbortSignal }): Promise<ImportResult> {
     const driver = await this.driver(vm.host);
     const dir = this.local.vmDir(vm.name);
     let spec;
@@ -236,9 +311,11 @@ export class Estate {
       if (d.file) disks.push({ index, label: d.file, mode: 'copy', path: d.file, format: d.format ?? 'raw' });
     });
     // a guest from Xen is adapted for the local engine, as an import is
-    const adaptation = await this.local.adapt(dir, 'xl', spec, disks);
+    const adaptation = opts.adapt === false ? undefined : await this.local.adapt(dir, 'xl', spec, disks, opts.signal);
     this.store.relocateVm(vm.name, { host: LOCAL_HOST, disks, spec: { ...spec, name: vm.name } });
     await driver.undefine(vm.name);
+    // its adaptation manifest on that host described disks that are no longer there
+    await rm(this.#recordDir(vm.host, vm.name), { recursive: true, force: true });
     return { vm: this.store.getVm(vm.name), notes: [], adaptation };
   }
 

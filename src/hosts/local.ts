@@ -26,6 +26,7 @@ import type { BlockImage } from '../disk/image.js';
 import { PolyvisorError } from '../errors.js';
 import { Store, checkVmName, type StoredDisk, type StoredVm } from '../store/store.js';
 import type { ConversionNote } from '../vm/codec.js';
+import type { VmAdaptation } from '../vm/adapt.js';
 import type { VmSpec } from '../vm/spec.js';
 import type { DiskAttachment, StopResult } from './driver.js';
 import type { NbdServer } from './nbd/server.js';
@@ -71,31 +72,11 @@ export interface ImportResult {
   vm: StoredVm;
   notes: ConversionNote[];
   /** what guest adaptation did: the manifest `guest undo` takes, or why nothing was adapted */
-  adaptation?: { manifest?: string; changes: number; skipped?: string; problems: string[] };
+  adaptation?: VmAdaptation;
 }
 
-/** The hypervisor a VM source was made for, as guest adaptation names targets; undefined when unknown. */
-export function sourceHypervisor(kind: string, spec: VmSpec): string | undefined {
-  switch (kind) {
-    case 'xl':
-    case 'xva':
-      return spec.virtualization === 'hvm' ? 'xen-hvm' : 'xen-pv';
-    case 'vmx':
-    case 'ovf':
-    case 'ova':
-      return 'vmware';
-    case 'hyperv':
-    case 'vmc':
-      return 'hyperv';
-    case 'libvirt': {
-      // the domain type the libvirt codec keeps in extra.libvirt.type (kvm, qemu, xen)
-      const type = (spec.extra.libvirt as Record<string, unknown> | undefined)?.type ?? (spec.virtualization === 'hvm' ? 'kvm' : 'xen');
-      return type === 'xen' ? (spec.virtualization === 'hvm' ? 'xen-hvm' : 'xen-pv') : 'kvm';
-    }
-    default:
-      return undefined;
-  }
-}
+/** The hypervisor a VM source was made for (kept here for callers of this module; ../guest/route.ts decides). */
+export { sourceHypervisor } from '../guest/route.js';
 
 export class LocalHost {
   readonly store: Store;
@@ -203,22 +184,16 @@ export class LocalHost {
    * to the source or served over NBD) is imported as it is, and the result says why.
    */
   async adapt(dir: string, kind: string, spec: VmSpec, disks: StoredDisk[], signal?: AbortSignal): Promise<ImportResult['adaptation']> {
-    const from = sourceHypervisor(kind, spec);
-    if (from === 'kvm') return { changes: 0, skipped: 'the VM comes from KVM/QEMU already', problems: [] };
-    if (disks.length === 0) return { changes: 0, skipped: 'the VM has no disk', problems: [] };
-    if (disks.some((d) => d.mode === 'persist' || d.source?.startsWith('nbd:'))) return { changes: 0, skipped: 'its disks are the sources themselves or served over NBD (import it without --persist to adapt it)', problems: [] };
-    const { adaptGuest } = await import('../guest/adapt.js');
-    const { isPolyvisorError } = await import('../errors.js');
-    const ordered = [...disks].sort((a, b) => a.index - b.index).map((d) => d.path);
-    try {
-      // the MACs carry over: the guest's interface names follow them
-      const nics = spec.nics.flatMap((n) => (n.mac ? [{ mac: n.mac }] : []));
-      const r = await adaptGuest(ordered, { target: 'kvm', inPlace: true, manifestPath: join(dir, 'adapt.manifest.json'), allowOutsidePaths: true, nics, signal });
-      return { manifest: r.manifest, changes: r.changes.length, problems: r.problems };
-    } catch (e) {
-      if (isPolyvisorError(e, 'ERR_NOT_FOUND') || isPolyvisorError(e, 'ERR_UNSUPPORTED')) return { changes: 0, skipped: `not adapted: ${(e as Error).message}`, problems: [] };
-      throw e;
-    }
+    const { sourceHypervisor, whyNotAdapt } = await import('../guest/route.js');
+    const why = whyNotAdapt(sourceHypervisor(kind, spec), 'kvm');
+    const none = (skipped: string): VmAdaptation => ({ target: 'kvm', changes: 0, skipped, problems: [], notes: [] });
+    if (why) return none(why);
+    if (disks.length === 0) return none('the VM has no disk');
+    if (disks.some((d) => d.mode === 'persist' || d.source?.startsWith('nbd:'))) return none('its disks are the sources themselves or served over NBD (import it without --persist to adapt it)');
+    const { adaptInPlace, guestDiskIndexes } = await import('../vm/adapt.js');
+    const byIndex = new Map(disks.map((d) => [d.index, d.path]));
+    const ordered = guestDiskIndexes(spec).flatMap((i) => (byIndex.has(i) ? [byIndex.get(i)!] : []));
+    return adaptInPlace(ordered, { target: 'kvm', manifestPath: join(dir, 'adapt.manifest.json'), spec, signal });
   }
 
   /** Serves the disks QEMU cannot read from this process, and puts overlays over the exports. */

@@ -29,6 +29,9 @@ import { systemRoutes } from './routes/system.js';
 import { userRoutes } from './routes/users.js';
 import { vmRoutes } from './routes/vms.js';
 import { VmLocks } from './vm-locks.js';
+import { consoleProxy } from './console-proxy.js';
+import { inspectRoutes } from './inspect.js';
+import { webConsole } from './web.js';
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -104,7 +107,7 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
 
   const app = Fastify({ logger: opts.logger ?? false, bodyLimit: opts.bodyLimit ?? 1 << 20, exposeHeadRoutes: false, return503OnClosing: true });
   let document: Record<string, unknown> | undefined;
-  const jsonRoutes: ApiRoute[] = [...systemRoutes((): Record<string, unknown> => (document ??= openApiDocument(routes, ctx.version))), ...hostRoutes(), ...vmRoutes({ accel: opts.accel }), ...libraryRoutes(), ...jobRoutes(), ...userRoutes()];
+  const jsonRoutes: ApiRoute[] = [...systemRoutes((): Record<string, unknown> => (document ??= openApiDocument(routes, ctx.version))), ...hostRoutes(), ...vmRoutes({ accel: opts.accel }), ...libraryRoutes(), ...jobRoutes(), ...userRoutes(), ...inspectRoutes()];
   const streamRoutes = uploadRoutes();
   const routes: ApiRoute[] = [...jsonRoutes, ...streamRoutes];
   app.decorate('polyvisor', ctx);
@@ -186,6 +189,9 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
     scope.addContentTypeParser('*', (_request, _payload, done) => done(null));
     for (const r of streamRoutes) register(scope, r);
   });
+  // the browser's consoles (WebSockets) and the web console's files, after every API route
+  await app.register(consoleProxy);
+  await app.register(webConsole);
 
   app.addHook('onClose', async () => {
     await ctx.jobs.close();

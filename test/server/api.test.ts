@@ -335,6 +335,13 @@ describe('the REST API', { concurrency: false }, () => {
     assert.ok(raw.subarray(0, 1 << 20).every((b) => b === 0x5a), 'the exported disk holds what the VM holds');
     assert.equal((await s.call('POST', '/api/vms/web/export', { body: { target: 'libvirt' } })).status, 202, 'the same folder again');
 
+    // what an import would read, and what the vmx target would not carry, before any job
+    const seen = await s.call('POST', '/api/library/inspect', { body: { source: 'src/web.qcow2', target: 'vmx' } });
+    assert.equal(seen.status, 200, seen.raw);
+    assert.equal(seen.body.disks.length, 1);
+    assert.equal(seen.body.disks[0].format, 'qcow2');
+    assert.ok(Array.isArray(seen.body.targetNotes));
+    assert.equal((await s.call('POST', '/api/library/inspect', { body: { source: '../../etc/passwd' } })).status >= 400, true, 'outside the library is refused');
     const conv = await s.call('POST', '/api/library/convert', { body: { source: 'src/web.qcow2', target: 'vmx', out: 'vmware/web' } });
     assert.equal(conv.status, 202);
     const convJob = await settled(s, conv.body.id);
@@ -469,6 +476,7 @@ describe('the REST API', { concurrency: false }, () => {
       'POST /api/vms/{name}/export', 'POST /api/vms/{name}/verify', 'POST /api/vms/{name}/console-token', 'GET /api/library', 'GET /api/library/files/{path}',
       'DELETE /api/library/files/{path}', 'POST /api/library/convert', 'GET /api/jobs', 'GET /api/jobs/{id}', 'POST /api/jobs/{id}/cancel',
       'GET /api/jobs/{id}/events', 'GET /api/users', 'POST /api/users', 'DELETE /api/users/{name}', 'GET /api/audit', 'PUT /api/library/files/{path}',
+      'POST /api/library/inspect',
     ];
     assert.deepEqual([...all].sort(), s.operations().sort(), 'the list above names every operation');
     assert.deepEqual([...all].sort().filter((o) => !REACHED.has(o)), []);

@@ -32,8 +32,14 @@ export interface QemuRuntime {
   /** everything the guest writes to serial0 is also kept here (the chardev `logfile` option) */
   serialLog?: string;
   pidfile?: string;
-  /** VNC display number (port 5900+N), always bound to 127.0.0.1; undefined: no VNC server */
+  /** VNC display number (port 5900+N), always bound to 127.0.0.1; takes precedence over vncSocket */
   vncDisplay?: number;
+  /**
+   * a Unix socket for the VNC server (`-vnc unix:PATH`): reachable only through the file
+   * system, so no port is allocated and nothing listens on the network; the web console
+   * proxies it (../../server/console-proxy.ts). Neither this nor vncDisplay: no VNC server.
+   */
+  vncSocket?: string;
   /** the per-VM copy of the UEFI variable store; required when firmware is UEFI */
   uefiVars?: string;
   noReboot?: boolean;
@@ -199,7 +205,7 @@ export function buildQemuArgv(spec: VmSpec, disks: Array<DiskAttachment | undefi
       notes.push({ setting: `graphics[${i}].listen`, action: 'changed', from: g.listen, to: '127.0.0.1', reason: 'the QEMU engine never exposes a console beyond the loopback interface' });
     }
   }
-  a.push('-vnc', rt.vncDisplay === undefined ? 'none' : `127.0.0.1:${rt.vncDisplay}`);
+  a.push('-vnc', rt.vncDisplay !== undefined ? `127.0.0.1:${rt.vncDisplay}` : rt.vncSocket ? `unix:${optValue(rt.vncSocket)}` : 'none');
 
   // --- serial console on a Unix socket; server=on,wait=off so QEMU starts without a client
   let chardev = `socket,id=serial0,path=${optValue(rt.serialSocket)},server=on,wait=off`;

@@ -1,6 +1,6 @@
 /**
  * The local QEMU engine: runs each VM as a qemu-system-x86_64 child process, controlled over
- * QMP (./qmp.ts) with its serial console on a Unix socket.
+ * QMP (./qmp.ts) with its serial console and its VNC server on Unix sockets.
  *
  * Two ways to run a VM:
  * - as a child (the default): every child is tracked, `dispose()` kills them, and a
@@ -46,6 +46,8 @@ export interface QemuPaths {
   dir: string;
   qmpSocket: string;
   serialSocket: string;
+  /** the VNC server's Unix socket (VNC_SOCKET in the VM's folder) */
+  vncSocket: string;
   serialLog: string;
   pidfile: string;
   uefiVars: string;
@@ -84,6 +86,9 @@ function track(child: ChildProcess): void {
   children.add(child);
   child.once('exit', () => children.delete(child));
 }
+
+/** The name of a VM's VNC socket in its folder: every VM gets a VNC server there, loopback by construction. */
+export const VNC_SOCKET = 'vnc.sock';
 
 // a Unix socket path must fit sockaddr_un.sun_path (108 bytes with the NUL on Linux)
 const MAX_SOCKET_PATH = 107;
@@ -129,6 +134,7 @@ export class QemuDriver implements HypervisorDriver {
       dir,
       qmpSocket: join(dir, 'qmp.sock'),
       serialSocket: join(dir, 'serial.sock'),
+      vncSocket: join(dir, VNC_SOCKET),
       serialLog: join(dir, 'serial.log'),
       pidfile: join(dir, 'qemu.pid'),
       uefiVars: join(dir, 'uefi-vars.fd'),
@@ -181,7 +187,7 @@ export class QemuDriver implements HypervisorDriver {
     const vm = this.#vm(name);
     if (vm.proc) throw new PolyvisorError('ERR_VM_STATE', `qemu: ${name} is already running`);
     const p = vm.paths;
-    await Promise.all([p.qmpSocket, p.controlSocket, p.serialSocket, p.serialLog, p.pidfile].map((f) => rm(f, { force: true })));
+    await Promise.all([p.qmpSocket, p.controlSocket, p.serialSocket, p.vncSocket, p.serialLog, p.pidfile].map((f) => rm(f, { force: true })));
     // KVM only when a probe guest really runs under it (kvm.ts); otherwise TCG, said once.
     const accel = this.#opts.accel ?? ((await kvmWorks(this.#opts.binary)) ? 'kvm' : 'tcg');
     const detached = !!this.#opts.detached;

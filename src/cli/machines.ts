@@ -10,7 +10,7 @@ import { Command, Option } from 'commander';
 import type { Estate } from '../hosts/estate.js';
 import type { LocalHost } from '../hosts/local.js';
 import { PolyvisorError } from '../errors.js';
-import { dataDir } from '../store/data-dir.js';
+import { databaseUrl, dataDir } from '../store/data-dir.js';
 import { attachConsole, DETACH_KEY_NAME } from './console.js';
 import { adaptationLines } from './adaptation.js';
 import { out } from './run.js';
@@ -18,19 +18,20 @@ import { trace } from '../util/trace.js';
 
 export interface HostOptions {
   data?: string;
+  database?: string;
   accel?: 'kvm' | 'tcg';
 }
 
 /** Opens the local host on the data folder the global `--data` (or $POLYVISOR_DATA) chooses. */
 export async function openHost(o: HostOptions): Promise<LocalHost> {
   const { LocalHost } = await import('../hosts/local.js');
-  return new LocalHost({ dataDir: dataDir(o.data), accel: o.accel });
+  return new LocalHost({ dataDir: dataDir(o.data), database: databaseUrl(o.database), accel: o.accel });
 }
 
 /** Opens the estate (the local engine and every added host) on the same data folder. */
 export async function openEstate(o: HostOptions): Promise<Estate> {
   const { Estate } = await import('../hosts/estate.js');
-  return new Estate({ dataDir: dataDir(o.data), accel: o.accel });
+  return new Estate({ dataDir: dataDir(o.data), database: databaseUrl(o.database), accel: o.accel });
 }
 
 async function withHost<T>(cmd: Command, fn: (host: LocalHost, o: Record<string, any>) => Promise<T>): Promise<T> {

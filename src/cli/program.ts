@@ -34,6 +34,7 @@ export async function buildProgram(argv: string[] = process.argv): Promise<Comma
     .version(pkg.version, '-V, --version')
     .showHelpAfterError('(run with --help for usage)')
     .option('--data <dir>', 'the folder of the VM store (default: $POLYVISOR_DATA, else ~/.local/share/polyvisor)')
+    .option('--database <url>', "keep the store's database on a PostgreSQL server (postgres://USER@HOST/DATABASE; default: $POLYVISOR_DATABASE, else the SQLite file in the data folder)")
     .exitOverride();
   program.addCommand(diskCommand());
   program.addCommand(verifyCommand());

@@ -1,13 +1,14 @@
 /**
  * `polyvisor serve [--listen HOST:PORT]`: the REST API (../server/app.ts) on the data folder
- * the global `--data` (or $POLYVISOR_DATA) chooses, the CLI's own, so both see the same VMs.
+ * the global `--data` (or $POLYVISOR_DATA) chooses, the CLI's own, so both see the same VMs;
+ * with the global `--database URL` (or $POLYVISOR_DATABASE) the store is on PostgreSQL.
  * Loopback by default: the API carries tokens in clear, so another address is the user's
  * explicit choice (behind a TLS proxy). On a first start the admin's token is printed once,
  * on a line of its own: `admin token: TOKEN`.
  */
 import { Command, Option } from 'commander';
 import { PolyvisorError } from '../errors.js';
-import { dataDir } from '../store/data-dir.js';
+import { databaseUrl, dataDir } from '../store/data-dir.js';
 
 export const DEFAULT_LISTEN = '127.0.0.1:8460';
 
@@ -35,7 +36,7 @@ export function serveCommand(): Command {
       const uploadLimit = Number(o.uploadLimit);
       if (!Number.isSafeInteger(uploadLimit) || uploadLimit <= 0) throw new PolyvisorError('ERR_USAGE', `--upload-limit ${o.uploadLimit}: give a number of bytes`);
       const { buildServer } = await import('../server/app.js');
-      const app = await buildServer({ dataDir: dataDir(o.data), accel: o.accel, uploadLimit });
+      const app = await buildServer({ dataDir: dataDir(o.data), database: databaseUrl(o.database), accel: o.accel, uploadLimit });
       if (!loopback(host)) process.stderr.write(`polyvisor serve: listening on ${host}, not loopback: tokens cross the network in clear unless a TLS proxy is in front\n`);
       try {
         await app.listen({ host, port });
@@ -45,7 +46,8 @@ export function serveCommand(): Command {
       }
       const address = app.server.address();
       const shown = typeof address === 'object' && address ? `${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}` : o.listen;
-      process.stderr.write(`polyvisor serve: listening on http://${shown} (data: ${app.polyvisor.dataDir})\n`);
+      const store = app.polyvisor.store;
+      process.stderr.write(`polyvisor serve: listening on http://${shown} (data: ${app.polyvisor.dataDir}${store.dialect === 'postgres' ? `, database: ${store.file}` : ''})\n`);
       await new Promise<void>((resolve) => {
         const stop = () => {
           process.off('SIGINT', stop);

@@ -42,6 +42,8 @@ export const LOCAL_HOST = 'local';
 export interface LocalHostOptions {
   /** the data folder (see ../store/data-dir.ts) */
   dataDir: string;
+  /** the store's database when not the SQLite file in `dataDir`: a PostgreSQL URL (../store/data-dir.ts) */
+  database?: string;
   /** force an accelerator; default KVM when a probe guest runs under it */
   accel?: 'kvm' | 'tcg';
   qemuImg?: string;
@@ -89,7 +91,7 @@ export class LocalHost {
   constructor(opts: LocalHostOptions) {
     this.#opts = opts;
     this.dataDir = resolve(opts.dataDir);
-    this.store = Store.open(this.dataDir);
+    this.store = Store.open(this.dataDir, { database: opts.database });
     this.#driver = new QemuDriver({ stateDir: join(this.dataDir, 'vms'), detached: true, pvpanic: true, accel: opts.accel });
   }
 

@@ -52,6 +52,8 @@ declare module 'fastify' {
 export interface ServerOptions {
   /** the data folder (../store/data-dir.ts): the store, the VMs' folders, the library */
   dataDir: string;
+  /** the store's database when not the SQLite file in the data folder: a PostgreSQL URL (../store/data-dir.ts) */
+  database?: string;
   /** force the local engine's accelerator (tests force tcg) */
   accel?: 'kvm' | 'tcg';
   /** the largest upload, in bytes (default 64 GiB) */
@@ -90,7 +92,7 @@ function parsePart(schema: z.ZodType | undefined, value: unknown, part: 'params'
 
 export async function buildServer(opts: ServerOptions): Promise<FastifyInstance> {
   const dataDir = resolve(opts.dataDir);
-  const estate = new Estate({ dataDir, accel: opts.accel });
+  const estate = new Estate({ dataDir, database: opts.database, accel: opts.accel });
   const store = estate.store;
   mkdirSync(join(dataDir, 'tmp'), { recursive: true });
   const ctx: ServerContext = {

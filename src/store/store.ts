@@ -1,20 +1,24 @@
 /**
  * The VM store: which VMs Polyvisor manages, on which host, in which state, and where their
- * disks are. One embedded SQLite database (better-sqlite3) under the data folder; every write
- * is one short transaction, so concurrent CLI commands see each other's changes at once and a
- * killed command never leaves half a record (SQLite's journal rolls it back).
+ * disks are. One embedded SQLite database (better-sqlite3) under the data folder by default, or
+ * a PostgreSQL database named by a URL (./db.ts: one synchronous interface over both); every
+ * write is one short transaction, so concurrent CLI commands see each other's changes at once
+ * and a killed command never leaves half a record (the database rolls it back).
  *
  * The store records what Polyvisor last knew; what actually runs is reconciled by the host
  * layer (../hosts/local.ts) on every command, since QEMU may have ended while no Polyvisor
  * process was watching.
  */
-import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { PolyvisorError } from '../errors.js';
 import { VmSpecSchema, type VmSpec } from '../vm/spec.js';
+import { isUniqueViolation, type Db, type SqlParam, type Statement } from './db.js';
+import { PostgresDb } from './postgres.js';
+import { isPostgresUrl, type PgSyncOptions } from './pg-sync.js';
 import { MIGRATIONS } from './schema.js';
+import { SqliteDb } from './sqlite.js';
 
 export const VM_STATES = ['stopped', 'running', 'paused'] as const;
 export type StoredVmState = (typeof VM_STATES)[number];
@@ -213,38 +217,44 @@ export function checkVmName(name: string): void {
   }
 }
 
+export interface StoreOptions {
+  /**
+   * a PostgreSQL URL (postgres://… or postgresql://…, libpq's form): the database lives there
+   * instead of in `dir`; `dir` still holds the VMs' folders (../store/data-dir.ts)
+   */
+  database?: string;
+  /** bounds of the PostgreSQL connection (./pg-sync.ts) */
+  timeouts?: PgSyncOptions;
+}
+
 export class Store {
   readonly dir: string;
+  /** where the database is: the SQLite file, or the PostgreSQL URL without its password */
   readonly file: string;
-  #db: Database.Database;
+  readonly dialect: Db['dialect'];
+  #db: Db;
 
-  private constructor(dir: string, db: Database.Database, file: string) {
+  private constructor(dir: string, db: Db) {
     this.dir = dir;
     this.#db = db;
-    this.file = file;
+    this.file = db.location;
+    this.dialect = db.dialect;
   }
 
-  /** Opens (creating when missing) the store in `dir` and brings its schema up to date. */
-  static open(dir: string): Store {
+  /** Opens (creating when missing) the store in `dir`, or on the `database` server, and brings its schema up to date. */
+  static open(dir: string, opts: StoreOptions = {}): Store {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const file = join(dir, 'polyvisor.db');
-    let db: Database.Database;
+    let db: Db;
+    if (opts.database === undefined) db = new SqliteDb(join(dir, 'polyvisor.db'));
+    else if (isPostgresUrl(opts.database)) db = new PostgresDb(opts.database, opts.timeouts);
+    else throw new PolyvisorError('ERR_USAGE', 'the database is named by a PostgreSQL URL (postgres://USER@HOST/DATABASE or postgresql://…)');
+    const store = new Store(dir, db);
     try {
-      db = new Database(file);
-      // WAL: readers (ps) never wait for a writer; busy_timeout: two commands at once wait their turn
-      db.pragma('journal_mode = WAL');
-      // NORMAL: in WAL mode a commit is not synced to disk until a checkpoint; the store cannot
-      // be corrupted that way (sqlite.org/pragma.html#pragma_synchronous), only the latest
-      // state change lost to a power cut, which the next command's reconciliation corrects.
-      // It keeps three fsyncs out of `polyvisor run`'s path to the guest's first output.
-      db.pragma('synchronous = NORMAL');
-      db.pragma('busy_timeout = 5000');
-      db.pragma('foreign_keys = ON');
+      store.#migrate();
     } catch (e) {
-      throw new PolyvisorError('ERR_IO', `cannot open the store: ${(e as Error).message}`, { file, cause: e });
+      store.close();
+      throw e;
     }
-    const store = new Store(dir, db, file);
-    store.#migrate();
     return store;
   }
 
@@ -252,26 +262,40 @@ export class Store {
     this.#db.close();
   }
 
+  /**
+   * Brings the schema up to date. The version is read first without a lock (the common case:
+   * nothing to do, no write lock taken by every command); a store behind is migrated in one
+   * immediate transaction that reads the version again, so two processes that open a new
+   * store at once migrate it once.
+   */
   #migrate(): void {
     const db = this.#db;
-    db.exec('CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)');
-    const row = db.prepare('SELECT version FROM schema_version').get() as { version: number } | undefined;
-    const current = row?.version ?? 0;
-    if (current > MIGRATIONS.length) {
-      throw new PolyvisorError('ERR_UNSUPPORTED', `the store has schema version ${current}, newer than this Polyvisor knows (${MIGRATIONS.length}); upgrade Polyvisor`, { file: this.file });
-    }
-    for (let v = current; v < MIGRATIONS.length; v++) {
-      db.transaction(() => {
-        for (const sql of MIGRATIONS[v]!) db.exec(sql);
-        if (v === 0) db.prepare('INSERT INTO schema_version (version) VALUES (?)').run(1);
-        else db.prepare('UPDATE schema_version SET version = ?').run(v + 1);
-      }).immediate();
-    }
+    const version = (): number => (db.hasTable('schema_version') ? ((db.prepare('SELECT version FROM schema_version').get() as { version: number } | undefined)?.version ?? 0) : 0);
+    const check = (current: number) => {
+      if (current > MIGRATIONS.length) {
+        throw new PolyvisorError('ERR_UNSUPPORTED', `the store has schema version ${current}, newer than this Polyvisor knows (${MIGRATIONS.length}); upgrade Polyvisor`, { file: this.file });
+      }
+    };
+    const seen = version();
+    check(seen);
+    if (seen === MIGRATIONS.length) return;
+    db.transaction(() => {
+      db.exec('CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)');
+      const current = version();
+      check(current);
+      for (let v = current; v < MIGRATIONS.length; v++) {
+        for (const sql of MIGRATIONS[v]!) db.exec(db.schemaSql(sql));
+      }
+      if (current === MIGRATIONS.length) return;
+      // one row: a table created by a process that died before its first migration has none
+      db.prepare('DELETE FROM schema_version').run();
+      db.prepare('INSERT INTO schema_version (version) VALUES (?)').run(MIGRATIONS.length);
+    }, 'immediate');
   }
 
   /** Runs `fn` as one transaction: many writes, one commit (seeding, bulk changes). */
   batch<T>(fn: () => T): T {
-    return this.#db.transaction(fn).immediate();
+    return this.#db.transaction(fn, 'immediate');
   }
 
   // ---------- VMs ----------
@@ -287,7 +311,7 @@ export class Store {
         )
         .run(vm.name, vm.uuid, vm.host, vm.source, vm.sourceKind, JSON.stringify(vm.spec), JSON.stringify(vm.disks), vm.state ?? 'stopped', vm.pid ?? null, now, now, vm.startedAt ?? null);
     } catch (e) {
-      if ((e as { code?: string }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY') throw new PolyvisorError('ERR_EXISTS', `a VM named ${vm.name} already exists (choose another with --name)`);
+      if (isUniqueViolation(e)) throw new PolyvisorError('ERR_EXISTS', `a VM named ${vm.name} already exists (choose another with --name)`);
       throw e;
     }
     return this.getVm(vm.name);
@@ -343,7 +367,7 @@ export class Store {
     try {
       this.#db.prepare('INSERT INTO hosts (name, uri, driver, options, added_at) VALUES (?, ?, ?, ?, ?)').run(host.name, host.uri, host.driver, JSON.stringify(host.options), addedAt);
     } catch (e) {
-      if ((e as { code?: string }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY') throw new PolyvisorError('ERR_EXISTS', `a host named ${host.name} already exists`);
+      if (isUniqueViolation(e)) throw new PolyvisorError('ERR_EXISTS', `a host named ${host.name} already exists`);
       throw e;
     }
     return { ...host, addedAt };
@@ -379,7 +403,7 @@ export class Store {
    */
   listVmSummaries(q: VmQuery): { items: VmSummary[]; total: number } {
     const where: string[] = [];
-    const args: unknown[] = [];
+    const args: SqlParam[] = [];
     if (q.host !== undefined) (where.push('host = ?'), args.push(q.host));
     if (q.state !== undefined) (where.push('state = ?'), args.push(q.state));
     if (q.tag !== undefined) (where.push('name IN (SELECT vm FROM vm_tags WHERE tag = ?)'), args.push(q.tag));
@@ -468,7 +492,7 @@ export class Store {
       this.#sql('DELETE FROM vm_tags WHERE vm = ?').run(name);
       const add = this.#sql('INSERT INTO vm_tags (vm, tag) VALUES (?, ?)');
       for (const t of new Set(tags)) add.run(name, t);
-    })();
+    });
   }
 
   // ---------- users and tokens (the server) ----------
@@ -483,9 +507,9 @@ export class Store {
       this.#db.transaction(() => {
         this.#sql('INSERT INTO users (name, role, created_at, created_by) VALUES (?, ?, ?, ?)').run(user.name, user.role, createdAt, user.createdBy ?? null);
         if (firstToken) this.addToken({ ...firstToken, user: user.name });
-      })();
+      });
     } catch (e) {
-      if ((e as { code?: string }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY') throw new PolyvisorError('ERR_EXISTS', `a user named ${user.name} already exists`);
+      if (isUniqueViolation(e)) throw new PolyvisorError('ERR_EXISTS', `a user named ${user.name} already exists`);
       throw e;
     }
     return { ...user, createdAt };
@@ -513,7 +537,7 @@ export class Store {
       if (user.role === 'admin' && admins <= 1) throw new PolyvisorError('ERR_VM_STATE', `${name} is the last admin; add another admin first`);
       this.#sql('DELETE FROM tokens WHERE user_name = ?').run(name);
       this.#sql('DELETE FROM users WHERE name = ?').run(name);
-    }).immediate();
+    }, 'immediate');
   }
 
   addToken(token: Omit<StoredToken, 'createdAt'>): void {
@@ -553,13 +577,13 @@ export class Store {
       this.#sql('INSERT INTO audit (seq, at, user_name, role, method, route, target, status, job) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)')
         .run(seq, e.at, e.user ?? null, e.role ?? null, e.method, e.route, e.target, e.status, e.job ?? null);
       return seq;
-    }).immediate();
+    }, 'immediate');
   }
 
   /** The newest entries first; `before` pages back. */
   listAudit(q: { before?: number; limit: number; user?: string }): AuditEntry[] {
     const where: string[] = [];
-    const args: unknown[] = [];
+    const args: SqlParam[] = [];
     if (q.before !== undefined) (where.push('seq < ?'), args.push(q.before));
     if (q.user !== undefined) (where.push('user_name = ?'), args.push(q.user));
     const rows = this.#sql(`SELECT * FROM audit ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY seq DESC LIMIT ?`)
@@ -589,7 +613,7 @@ export class Store {
   /** The newest jobs first; `before` (a creation time) pages back. */
   listJobs(q: { state?: JobState; before?: string; limit: number }): StoredJob[] {
     const where: string[] = [];
-    const args: unknown[] = [];
+    const args: SqlParam[] = [];
     if (q.state !== undefined) (where.push('state = ?'), args.push(q.state));
     if (q.before !== undefined) (where.push('created_at < ?'), args.push(q.before));
     const rows = this.#sql(`SELECT * FROM jobs ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY created_at DESC, id LIMIT ?`).all(...args, q.limit) as JobRow[];
@@ -598,8 +622,8 @@ export class Store {
 
   updateJob(id: string, change: Partial<Pick<StoredJob, 'state' | 'done' | 'total' | 'startedAt' | 'endedAt' | 'error' | 'result'>>): void {
     const sets: string[] = [];
-    const args: unknown[] = [];
-    const col = (name: string, v: unknown) => (sets.push(`${name} = ?`), args.push(v));
+    const args: SqlParam[] = [];
+    const col = (name: string, v: SqlParam) => (sets.push(`${name} = ?`), args.push(v));
     if (change.state !== undefined) col('state', change.state);
     if (change.done !== undefined) col('done', Math.round(change.done));
     if (change.total !== undefined) col('total', Math.round(change.total));
@@ -618,7 +642,9 @@ export class Store {
   }
 
   addJobLog(job: string, seq: number, line: string): void {
-    this.#sql('INSERT INTO job_log (job, seq, at, line) VALUES (?, ?, ?, ?)').run(job, seq, new Date().toISOString(), line);
+    // a log line is a tool's output, shown as text: a NUL in it (which the store refuses,
+    // ./db.ts) becomes U+FFFD rather than failing the job
+    this.#sql('INSERT INTO job_log (job, seq, at, line) VALUES (?, ?, ?, ?)').run(job, seq, new Date().toISOString(), line.replaceAll('\0', '\uFFFD'));
   }
 
   jobLog(job: string, limit: number): JobLogLine[] {
@@ -643,9 +669,9 @@ export class Store {
   }
 
   /** Statements the server runs on every request, prepared once (their text varies only by filters). */
-  readonly #statements = new Map<string, Database.Statement>();
+  readonly #statements = new Map<string, Statement>();
 
-  #sql(text: string): Database.Statement {
+  #sql(text: string): Statement {
     let st = this.#statements.get(text);
     if (!st) {
       if (this.#statements.size >= 512) this.#statements.clear();

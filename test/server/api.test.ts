@@ -11,7 +11,7 @@ import { readdirSync, readFileSync, existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { qemuImg, qemuIo, tempDir } from '../helpers.js';
-import { REACHED, settled, startServer, type TestServer } from './helpers.js';
+import { REACHED, settled, startServer, storeBytes, type TestServer } from './helpers.js';
 
 /** A qcow2 disk with a recognisable pattern: a disk image alone is a VM source. */
 async function diskImage(dir: string, name = 'web.qcow2'): Promise<Buffer> {
@@ -112,7 +112,7 @@ describe('the REST API', { concurrency: false }, () => {
     const list = await s.call('GET', '/api/users');
     assert.deepEqual(list.body.items.map((u: any) => [u.name, u.role]), [['admin', 'admin'], ['ops', 'operator']]);
     // the database holds hashes, never the tokens
-    const db = Buffer.concat([readFileSync(join(s.data, 'polyvisor.db')), existsSync(join(s.data, 'polyvisor.db-wal')) ? readFileSync(join(s.data, 'polyvisor.db-wal')) : Buffer.alloc(0)]);
+    const db = storeBytes(s);
     assert.equal(db.includes(token), false, 'the token is not in the store');
     assert.equal(db.includes(s.adminToken), false);
     assert.ok(db.includes(createHash('sha256').update(token).digest('hex')), 'its SHA-256 is');

@@ -1,11 +1,13 @@
 /**
- * A server on a fresh data folder for each test, and `call()`, which sends a request through
+ * A server on a fresh data folder for each test (and, with POLYVISOR_TEST_DATABASE=pg, a fresh
+ * database on a throw-away PostgreSQL server, ../store/pg-server.ts), and `call()`, which sends a request through
  * `app.inject` and checks the answer against the server's own OpenAPI document
  * (/api/openapi.json) with Ajv in draft 2020-12: the status must be one the operation
  * declares (or an error body under `default`), the body must match its schema. Every
  * operation a test reaches is recorded, so a test can check that all of them were.
  */
 import assert from 'node:assert/strict';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { FastifyInstance } from 'fastify';
@@ -14,6 +16,7 @@ import addFormats from 'ajv-formats';
 import { buildServer, type ServerOptions } from '../../src/server/app.js';
 import { openApiPath } from '../../src/server/route.js';
 import { tempDir } from '../helpers.js';
+import { startPostgres, type PgServer } from '../store/pg-server.js';
 
 type Json = any;
 
@@ -36,6 +39,8 @@ export interface CallResult {
 export interface TestServer {
   app: FastifyInstance;
   data: string;
+  /** the PostgreSQL database the store is in (POLYVISOR_TEST_DATABASE=pg), else the SQLite file in `data` */
+  database?: { name: string; url: string };
   dir: string;
   adminToken: string;
   call(method: string, url: string, opts?: CallOptions): Promise<CallResult>;
@@ -69,11 +74,34 @@ export const REACHED = new Set<string>();
 
 const escapePointer = (s: string) => s.replace(/~/g, '~0').replace(/\//g, '~1');
 
+/** The PostgreSQL server of this test process, started by the first server that needs it, stopped at exit. */
+let postgres: PgServer | undefined;
+
+/** Which database the test servers' stores use: POLYVISOR_TEST_DATABASE=pg for PostgreSQL, else SQLite. */
+export function testDatabase(): 'sqlite' | 'pg' {
+  const v = process.env.POLYVISOR_TEST_DATABASE;
+  if (v === undefined || v === '' || v === 'sqlite') return 'sqlite';
+  if (v === 'pg') return 'pg';
+  throw new Error(`POLYVISOR_TEST_DATABASE=${v}: give pg or sqlite`);
+}
+
+/** Everything the store holds, as bytes: the SQLite file and its WAL, or the PostgreSQL database as pg_dump writes it. */
+export function storeBytes(s: TestServer): Buffer {
+  if (s.database) return postgres!.dump(s.database.name);
+  const file = join(s.data, 'polyvisor.db');
+  return Buffer.concat([readFileSync(file), existsSync(`${file}-wal`) ? readFileSync(`${file}-wal`) : Buffer.alloc(0)]);
+}
+
 export async function startServer(t: { after(fn: () => Promise<void> | void): void }, opts: Partial<ServerOptions> = {}): Promise<TestServer> {
   const dir = await tempDir(t);
   const data = join(dir, 'data');
+  let database: TestServer['database'];
+  if (testDatabase() === 'pg') {
+    postgres ??= startPostgres();
+    database = postgres.createDatabase();
+  }
   let adminToken = '';
-  const app = await buildServer({ dataDir: data, accel: 'tcg', onAdminToken: (tk) => (adminToken = tk), ...opts });
+  const app = await buildServer({ dataDir: data, database: database?.url, accel: 'tcg', onAdminToken: (tk) => (adminToken = tk), ...opts });
   t.after(() => app.close());
   assert.match(adminToken, /^pv_[A-Za-z0-9_-]{43}$/, 'a first start hands out the admin token');
   const docRes = await app.inject({ method: 'GET', url: '/api/openapi.json' });
@@ -131,6 +159,7 @@ export async function startServer(t: { after(fn: () => Promise<void> | void): vo
   const server: TestServer = {
     app,
     data,
+    database,
     dir,
     adminToken,
     call,

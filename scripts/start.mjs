@@ -44,6 +44,6 @@ if (!existsSync('node_modules') || stamp('package-lock.json') > stamp('node_modu
 step('building');
 execFileSync('npm', ['run', '--silent', 'build'], { stdio: 'inherit' });
 
-step('main job: a tour of the disk engine');
+step('main job: the sample VM through every hypervisor format, booted, then the server');
 const r = spawnSync(process.execPath, ['dist/src/demo.js', ...process.argv.slice(2)], { stdio: 'inherit' });
 process.exit(r.status ?? 1);

@@ -3,16 +3,23 @@
  * the formats of the seed's hypervisors (VHD for Virtual Server and Hyper-V, XVA for
  * XenServer, OVA for VMware) and booted from each result on the local QEMU engine. Each step
  * runs the real `polyvisor` command and shows it, so the output doubles as a quick reference.
+ *
+ * Then it starts `polyvisor serve` on a store of its own with the sample VM imported (and its
+ * OVA in the server's library), prints the URL and the first-run admin token, and keeps
+ * running until Ctrl-C. `npm start -- --no-serve` ends after the tour; `npm start -- DIR`
+ * works in DIR (default .cache/demo, emptied first).
  */
-import { spawnSync } from 'node:child_process';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { spawn, spawnSync } from 'node:child_process';
+import { copyFile, mkdir, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { makeBootDisk } from './sample/bootdisk.js';
 import { buildTestGuest } from './sample/guest.js';
 
 const cli = fileURLToPath(new URL('./cli/main.js', import.meta.url));
-const dir = resolve(process.argv[2] ?? '.cache/demo');
+const args = process.argv.slice(2);
+const serve = !args.includes('--no-serve');
+const dir = resolve(args.find((a) => !a.startsWith('--')) ?? '.cache/demo');
 
 function polyvisor(...args: string[]): number {
   process.stdout.write(`\n$ polyvisor ${args.join(' ')}\n`);
@@ -89,6 +96,28 @@ async function main(): Promise<void> {
       : `\n${failed} step(s) failed.\n`,
   );
   process.exitCode = failed === 0 ? 0 : 1;
+  if (failed === 0 && serve) await serveSample();
+}
+
+/** The server on the local engine, with the sample VM in its store: what the web console shows first. */
+async function serveSample(): Promise<void> {
+  const data = join(dir, 'server');
+  await mkdir(join(data, 'library'), { recursive: true });
+  await copyFile(join(dir, 'for-vmware', 'sample.ova'), join(data, 'library', 'sample.ova'));
+  if (polyvisor('--data', data, 'vm', 'import', 'for-vmware/sample.ova', '--name', 'sample') !== 0) {
+    process.exitCode = 1;
+    return;
+  }
+  const listen = process.env.POLYVISOR_LISTEN ?? '127.0.0.1:8460';
+  process.stdout.write(
+    `\nStarting the server on the local QEMU engine, with the sample VM imported and its OVA in the library (${data}).\n` +
+      'Open the URL below and sign in with the admin token it prints once; Ctrl-C stops the server.\n' +
+      `\n$ polyvisor --data ${data} serve --listen ${listen}\n`,
+  );
+  const child = spawn(process.execPath, [cli, '--data', data, 'serve', '--listen', listen], { stdio: 'inherit', cwd: dir });
+  // Ctrl-C reaches the server too (same process group); this process waits for it to end
+  process.on('SIGINT', () => undefined);
+  process.exitCode = await new Promise<number>((r) => child.once('exit', (code, signal) => r(signal === 'SIGINT' || code === 130 ? 0 : code ?? 1)));
 }
 
 await main();

@@ -78,7 +78,7 @@ export async function adaptInPlace(disks: string[], opts: AdaptDisksOptions): Pr
     const r = await adaptGuest(disks, { target: opts.target, inPlace: true, manifestPath: opts.manifestPath, allowOutsidePaths: true, nics: nicsOf(opts.spec), signal: opts.signal });
     return { target: r.target, manifest: r.manifest, changes: r.changes.length, problems: r.problems, notes: r.notes };
   } catch (e) {
-    if (cannotAdapt(e)) return { target: opts.target, changes: 0, problems: [], notes: [], skipped: `not adapted: ${(e as Error).message}` };
+    if (cannotAdapt(e)) return { target: opts.target, changes: 0, problems: [], notes: [], skipped: (e as Error).message };
     throw e;
   }
 }
@@ -146,7 +146,7 @@ export async function stageAdapted(source: VmSource, stageDir: string, opts: Ada
       staged = r.outputs;
       adaptation = { target: r.target, manifest: r.manifest, changes: r.changes.length, problems: r.problems, notes: r.notes, staged: true };
     } catch (e) {
-      if (cannotAdapt(e)) return unchanged(`not adapted: ${(e as Error).message}`);
+      if (cannotAdapt(e)) return unchanged((e as Error).message);
       throw e;
     }
     const byIndex = new Map(disks.map((d, k) => [d.index, staged[k]!]));

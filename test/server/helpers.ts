@@ -92,14 +92,17 @@ export function storeBytes(s: TestServer): Buffer {
   return Buffer.concat([readFileSync(file), existsSync(`${file}-wal`) ? readFileSync(`${file}-wal`) : Buffer.alloc(0)]);
 }
 
+/** A fresh database for one test server on this process's PostgreSQL (POLYVISOR_TEST_DATABASE=pg), else undefined: SQLite. */
+export function testDatabaseFor(): TestServer['database'] {
+  if (testDatabase() !== 'pg') return undefined;
+  postgres ??= startPostgres();
+  return postgres.createDatabase();
+}
+
 export async function startServer(t: { after(fn: () => Promise<void> | void): void }, opts: Partial<ServerOptions> = {}): Promise<TestServer> {
   const dir = await tempDir(t);
   const data = join(dir, 'data');
-  let database: TestServer['database'];
-  if (testDatabase() === 'pg') {
-    postgres ??= startPostgres();
-    database = postgres.createDatabase();
-  }
+  const database = testDatabaseFor();
   let adminToken = '';
   const app = await buildServer({ dataDir: data, database: database?.url, accel: 'tcg', onAdminToken: (tk) => (adminToken = tk), ...opts });
   t.after(() => app.close());

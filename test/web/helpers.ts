@@ -18,14 +18,12 @@ import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { buildServer } from '../../src/server/app.js';
-import { consoleProxy } from '../../src/server/console-proxy.js';
-import { inspectRoutes } from '../../src/server/inspect.js';
-import { webConsole } from '../../src/server/web.js';
 import { makeBootDisk } from '../../src/sample/bootdisk.js';
 import { openVmSource } from '../../src/vm/source.js';
 import { convertVm } from '../../src/vm/convert.js';
 import { buildTestGuest, cacheRoot } from '../guests/build.js';
 import { tempDir } from '../helpers.js';
+import { testDatabaseFor } from '../server/helpers.js';
 
 export const CHROMIUM = process.env.POLYVISOR_CHROMIUM ?? '/usr/bin/chromium';
 export const WEB_ROOT = fileURLToPath(new URL('../../web/', import.meta.url));
@@ -46,11 +44,9 @@ export async function startConsoleServer(t: T): Promise<ConsoleServer> {
   const dir = await tempDir(t);
   const data = join(dir, 'data');
   let adminToken = '';
-  const app = await buildServer({ dataDir: data, accel: 'tcg', onAdminToken: (tk) => (adminToken = tk) });
-  // until ../../src/server/app.ts registers them itself
-  if (!app.hasRoute({ method: 'GET', url: '/api/vms/:name/console/vnc' })) await app.register(consoleProxy);
-  if (!app.hasRoute({ method: 'POST', url: '/api/library/inspect' })) registerInspect(app);
-  if (!app.hasRoute({ method: 'GET', url: '/*' })) await app.register(webConsole, { root: WEB_ROOT });
+  // POLYVISOR_TEST_DATABASE=pg: the store on PostgreSQL (./pg.test.ts)
+  const database = testDatabaseFor();
+  const app = await buildServer({ dataDir: data, database: database?.url, accel: 'tcg', onAdminToken: (tk) => (adminToken = tk) });
   t.after(async () => {
     // a test that failed half way leaves no QEMU behind (the VM store's are detached)
     for (const vm of app.polyvisor.estate.local.list()) if (vm.state !== 'stopped') await app.polyvisor.estate.kill(vm.name).catch(() => {});
@@ -60,22 +56,6 @@ export async function startConsoleServer(t: T): Promise<ConsoleServer> {
   const address = app.server.address();
   assert.ok(address && typeof address === 'object');
   return { app, url: `http://127.0.0.1:${address.port}`, data, dir, adminToken };
-}
-
-/** The inspect route through the same zod parsing ../../src/server/app.ts applies (until app.ts lists it). */
-function registerInspect(app: FastifyInstance): void {
-  for (const r of inspectRoutes()) {
-    app.route({
-      method: r.method,
-      url: r.url,
-      config: { access: r.access },
-      handler: async (request, reply) => {
-        const parsed = r.body!.safeParse(request.body);
-        if (!parsed.success) return reply.code(400).send({ error: { code: 'ERR_USAGE', message: parsed.error.issues[0]!.message } });
-        return r.handler({ params: {}, query: {}, body: parsed.data, user: request.principal!, request, reply, ctx: app.polyvisor, audit: () => {} });
-      },
-    });
-  }
 }
 
 /** Debian's chromium, headless; closed after the test. */

@@ -9,7 +9,10 @@ import { join, relative } from 'node:path';
 import { PolyvisorError } from '../../errors.js';
 import { LOCAL_HOST, storeName } from '../../hosts/local.js';
 import { checkVmName, type StoredVm } from '../../store/store.js';
+import type { FastifyReply } from 'fastify';
+import type { Principal } from '../auth.js';
 import type { ServerContext } from '../context.js';
+import type { JobContext } from '../jobs.js';
 import { route, type ApiRoute } from '../route.js';
 import {
   ConsoleTokenSchema,
@@ -42,6 +45,23 @@ function summary(ctx: ServerContext, name: string) {
 }
 
 /** A VM the local engine holds, stopped: what export and verify read the disks of. */
+/**
+ * A long operation on one VM, as a job (answered 202 with it), under the VM's lock: one such
+ * operation per VM at a time; the lock is released however the job ends.
+ */
+function lockedJob(ctx: ServerContext, reply: FastifyReply, kind: string, vm: string, what: string, user: Principal, work: (job: JobContext) => Promise<unknown>) {
+  const release = ctx.locks.acquire(vm, what);
+  const job = ctx.jobs.start(kind, vm, user.name, async (j) => {
+    try {
+      return await work(j);
+    } finally {
+      release();
+    }
+  });
+  reply.code(202);
+  return jobView(job);
+}
+
 function stoppedLocal(ctx: ServerContext, name: string, what: string): StoredVm {
   const vm = current(ctx, name);
   if (vm.host !== LOCAL_HOST) throw new PolyvisorError('ERR_UNSUPPORTED', `${name} is on host ${vm.host}; move it to the local engine to ${what} it`);
@@ -143,22 +163,15 @@ export function vmRoutes(opts: { accel?: 'kvm' | 'tcg' }): ApiRoute[] {
         checkVmName(name);
         if (ctx.store.findVm(name)) throw new PolyvisorError('ERR_EXISTS', `a VM named ${name} already exists (give another name)`);
         audit({ source: body.source, name, host });
-        const release = ctx.locks.acquire(name, 'an import');
-        const job = ctx.jobs.start('import', name, user.name, async (job) => {
-          try {
-            job.log(`importing ${body.source} as ${name} onto ${host}`);
-            const r = await ctx.estate.import(path, { name, host, copy: body.copy, persist: body.persist, adapt: body.adapt, signal: job.signal, onProgress: job.progress });
-            for (const d of r.vm.disks) job.log(`disk ${d.index}: ${d.label}: ${d.mode}`);
-            for (const n of r.notes) job.log(`${n.action} ${n.setting}: ${n.reason}`);
-            if (r.adaptation?.manifest) job.log(`guest adapted for KVM: ${r.adaptation.changes} change(s)`);
-            else if (r.adaptation?.skipped) job.log(`guest not adapted: ${r.adaptation.skipped}`);
-            return { vm: r.vm.name, host: r.vm.host, notes: r.notes, adaptation: r.adaptation ?? null };
-          } finally {
-            release();
-          }
+        return lockedJob(ctx, reply, 'import', name, 'an import', user, async (job) => {
+          job.log(`importing ${body.source} as ${name} onto ${host}`);
+          const r = await ctx.estate.import(path, { name, host, copy: body.copy, persist: body.persist, adapt: body.adapt, signal: job.signal, onProgress: job.progress });
+          for (const d of r.vm.disks) job.log(`disk ${d.index}: ${d.label}: ${d.mode}`);
+          for (const n of r.notes) job.log(`${n.action} ${n.setting}: ${n.reason}`);
+          if (r.adaptation?.manifest) job.log(`guest adapted for ${r.adaptation.target}: ${r.adaptation.changes} change(s)`);
+          else if (r.adaptation?.skipped) job.log(`guest not adapted: ${r.adaptation.skipped}`);
+          return { vm: r.vm.name, host: r.vm.host, notes: r.notes, adaptation: r.adaptation ?? null };
         });
-        reply.code(202);
-        return jobView(job);
       },
     }),
     power('start', 'start a VM; it runs on'),
@@ -229,19 +242,12 @@ export function vmRoutes(opts: { accel?: 'kvm' | 'tcg' }): ApiRoute[] {
         if (vm.host === body.to) throw new PolyvisorError('ERR_USAGE', `${vm.name} is already on ${body.to}`);
         if (vm.state !== 'stopped') throw new PolyvisorError('ERR_VM_STATE', `${vm.name} is ${vm.state}; stop it before moving it`);
         audit({ to: body.to });
-        const release = ctx.locks.acquire(vm.name, 'a move');
-        const job = ctx.jobs.start('move', vm.name, user.name, async (job) => {
-          try {
-            job.log(`moving ${vm.name} from ${vm.host} to ${body.to}`);
-            const r = await ctx.estate.move(vm.name, body.to);
-            for (const n of r.notes) job.log(`${n.action} ${n.setting}: ${n.reason}`);
-            return { vm: vm.name, host: r.vm.host, notes: r.notes };
-          } finally {
-            release();
-          }
+        return lockedJob(ctx, reply, 'move', vm.name, 'a move', user, async (job) => {
+          job.log(`moving ${vm.name} from ${vm.host} to ${body.to}`);
+          const r = await ctx.estate.move(vm.name, body.to);
+          for (const n of r.notes) job.log(`${n.action} ${n.setting}: ${n.reason}`);
+          return { vm: vm.name, host: r.vm.host, notes: r.notes };
         });
-        reply.code(202);
-        return jobView(job);
       },
     }),
     route({
@@ -261,22 +267,15 @@ export function vmRoutes(opts: { accel?: 'kvm' | 'tcg' }): ApiRoute[] {
         const outRel = body.out ?? `exports/${vm.name}-${body.target}`;
         const outDir = ctx.library.resolve(outRel);
         audit({ target: body.target, out: outRel });
-        const release = ctx.locks.acquire(vm.name, 'an export');
-        const job = ctx.jobs.start('export', vm.name, user.name, async (job) => {
-          try {
-            const { convertVm } = await import('../../vm/convert.js');
-            job.log(`exporting ${vm.name} for ${body.target} into ${outRel}`);
-            const r = await convertVm(storedVmSource(vm, ctx.estate.local.vmDir(vm.name)), body.target, outDir, { diskFormat: body.diskFormat, force: body.force, signal: job.signal, onProgress: job.progress });
-            const files = r.files.map((f) => relative(ctx.library.root, f));
-            for (const f of files) job.log(`wrote ${f}`);
-            for (const n of r.notes) job.log(`${n.action} ${n.setting}: ${n.reason}`);
-            return { target: r.target, files, notes: r.notes };
-          } finally {
-            release();
-          }
+        return lockedJob(ctx, reply, 'export', vm.name, 'an export', user, async (job) => {
+          const { convertVm } = await import('../../vm/convert.js');
+          job.log(`exporting ${vm.name} for ${body.target} into ${outRel}`);
+          const r = await convertVm(storedVmSource(vm, ctx.estate.local.vmDir(vm.name)), body.target, outDir, { diskFormat: body.diskFormat, force: body.force, signal: job.signal, onProgress: job.progress });
+          const files = r.files.map((f) => relative(ctx.library.root, f));
+          for (const f of files) job.log(`wrote ${f}`);
+          for (const n of r.notes) job.log(`${n.action} ${n.setting}: ${n.reason}`);
+          return { target: r.target, files, notes: r.notes };
         });
-        reply.code(202);
-        return jobView(job);
       },
     }),
     route({
@@ -291,32 +290,25 @@ export function vmRoutes(opts: { accel?: 'kvm' | 'tcg' }): ApiRoute[] {
       responses: { 202: { description: 'the verify job', schema: JobSchema } },
       handler: async ({ params, body, ctx, user, reply }) => {
         const vm = stoppedLocal(ctx, params.name, 'verify');
-        const release = ctx.locks.acquire(vm.name, 'a verification');
-        const job = ctx.jobs.start('verify', vm.name, user.name, async (job) => {
-          try {
-            const { verifyVm } = await import('../../verify/verify.js');
-            const outRel = `verify/${vm.name}`;
-            const lines = lineSplitter((l) => job.log(`console: ${l.replace(/\r/g, '')}`));
-            const r = await verifyVm(storedVmSource(vm, ctx.estate.local.vmDir(vm.name)), {
-              expect: body.expect,
-              timeoutMs: body.timeoutSeconds * 1000,
-              outDir: ctx.library.resolve(outRel),
-              signal: job.signal,
-              accel: opts.accel,
-              tmpRoot: join(ctx.dataDir, 'tmp'),
-              allowOutsidePaths: true,
-              onConsole: (t) => lines.push(t),
-            });
-            lines.flush();
-            job.log(r.ok ? `came up after ${r.seconds} s (${JSON.stringify(r.matched)})` : `FAILED: ${r.reason}${r.detail ? ` (${r.detail})` : ''}`);
-            const rel = (f: string | undefined) => (f ? relative(ctx.library.root, f) : null);
-            return { ok: r.ok, reason: r.reason, seconds: r.seconds, matched: r.matched ?? null, detail: r.detail ?? null, consoleLog: rel(r.consoleLog), screenshot: rel(r.screenshot) };
-          } finally {
-            release();
-          }
+        return lockedJob(ctx, reply, 'verify', vm.name, 'a verification', user, async (job) => {
+          const { verifyVm } = await import('../../verify/verify.js');
+          const outRel = `verify/${vm.name}`;
+          const lines = lineSplitter((l) => job.log(`console: ${l.replace(/\r/g, '')}`));
+          const r = await verifyVm(storedVmSource(vm, ctx.estate.local.vmDir(vm.name)), {
+            expect: body.expect,
+            timeoutMs: body.timeoutSeconds * 1000,
+            outDir: ctx.library.resolve(outRel),
+            signal: job.signal,
+            accel: opts.accel,
+            tmpRoot: join(ctx.dataDir, 'tmp'),
+            allowOutsidePaths: true,
+            onConsole: (t) => lines.push(t),
+          });
+          lines.flush();
+          job.log(r.ok ? `came up after ${r.seconds} s (${JSON.stringify(r.matched)})` : `FAILED: ${r.reason}${r.detail ? ` (${r.detail})` : ''}`);
+          const rel = (f: string | undefined) => (f ? relative(ctx.library.root, f) : null);
+          return { ok: r.ok, reason: r.reason, seconds: r.seconds, matched: r.matched ?? null, detail: r.detail ?? null, consoleLog: rel(r.consoleLog), screenshot: rel(r.screenshot) };
         });
-        reply.code(202);
-        return jobView(job);
       },
     }),
     route({

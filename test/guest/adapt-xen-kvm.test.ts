@@ -23,25 +23,10 @@ import { readInitramfs } from '../../src/guest/initramfs.js';
 import { readManifest, undoAdaptation } from '../../src/guest/manifest.js';
 import { qemuImg, tempDir } from '../helpers.js';
 import { buildDebianGuest, pygrub, type DebianGuest } from '../guests/debian.js';
-import { bootDisk, editGuest, overlayOf, qemuCompare, rawCopy, readGuest, rootFs, sha256File } from './adapt-fixtures.js';
+import { addNetReport, netReports } from './net-report.js';
+import { bootDisk, overlayOf, qemuCompare, rawCopy, readGuest, sha256File } from './adapt-fixtures.js';
 
 const MAC = '52:54:00:a1:0c:01';
-const NET_LINE = /POLYVISOR-NET (\S+) (\S+) (\S+)\r?\n/g;
-
-/** Prints each interface's name, MAC and state once ifupdown has run, before the marker powers off. */
-const NET_UNIT = `[Unit]
-Description=Polyvisor test: the guest's network interfaces
-After=networking.service
-Before=polyvisor-marker.service
-
-[Service]
-Type=oneshot
-ExecStart=/bin/sh -c 'for i in /sys/class/net/*; do n=$(basename $i); [ $n = lo ] || echo "POLYVISOR-NET $n $(cat $i/address) $(cat $i/operstate)" > /dev/ttyS0; done'
-
-[Install]
-WantedBy=multi-user.target
-`;
-
 describe('guest adapt: a Xen PV guest for KVM', () => {
   let g: DebianGuest;
   let dir: string;
@@ -54,12 +39,7 @@ describe('guest adapt: a Xen PV guest for KVM', () => {
     g = await buildDebianGuest('xen-pv');
     dir = await tempDir();
     source = await overlayOf(dir, g, 'xen-pv.qcow2');
-    await editGuest(source, async (guest) => {
-      const fs = rootFs(guest);
-      await fs.writeFile('/etc/network/interfaces.d/eth0', Buffer.from('auto eth0\niface eth0 inet static\n  address 10.0.2.15/24\n'));
-      await fs.writeFile('/etc/systemd/system/polyvisor-net.service', Buffer.from(NET_UNIT));
-      await fs.symlink('/etc/systemd/system/polyvisor-net.service', '/etc/systemd/system/multi-user.target.wants/polyvisor-net.service');
-    });
+    await addNetReport(source);
     sourceSha = await sha256File(source);
     adapted = join(dir, 'xen-pv.kvm.qcow2');
   });
@@ -169,8 +149,7 @@ describe('guest adapt: a Xen PV guest for KVM', () => {
     assert.match(b.output, /GRUB loading/);
     assert.equal(b.kind, 'xen-pv');
     assert.equal(b.root, '/dev/vda1');
-    const nics = [...b.output.matchAll(NET_LINE)].map((m) => ({ name: m[1], mac: m[2], state: m[3] }));
-    assert.deepEqual(nics, [{ name: 'eth0', mac: MAC, state: 'up' }], b.output.slice(-3000));
+    assert.deepEqual(netReports(b.output), [{ name: 'eth0', mac: MAC, state: 'up', driver: 'virtio_net' }], b.output.slice(-3000));
     assert.ok(b.exited && b.exitCode === 0, 'the guest powered off');
   });
 

@@ -17,12 +17,12 @@ import { existsSync } from 'node:fs';
 import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Estate } from '../../src/hosts/estate.js';
-import type { ProcessConsole } from '../../src/hosts/xen/console.js';
 import { readManifest } from '../../src/guest/manifest.js';
 import { tempDir } from '../helpers.js';
 import { buildDebianGuest, DEBIAN_MARKER, type DebianGuest } from '../guests/debian.js';
 import { overlayOf, qemuCompare, sha256File } from '../guest/adapt-fixtures.js';
 import { startXenHost, type XenHost } from './host.js';
+import { readUntil } from './console-text.js';
 
 /** No NIC: the nested host has no bridge for one (xl's vif hotplug would refuse). */
 const DOMAIN = (disk: string) => `<domain type='kvm'>
@@ -40,28 +40,6 @@ const DOMAIN = (disk: string) => `<domain type='kvm'>
   </devices>
 </domain>
 `;
-
-/** Reads a console until `re` matches the text so far (carriage returns dropped), or it ends. */
-function readUntil(con: ProcessConsole, re: RegExp, timeoutMs: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let text = '';
-    const done = (err?: Error) => {
-      clearTimeout(timer);
-      con.off('data', onData);
-      con.off('end', onEnd);
-      if (err) reject(err);
-      else resolve(text);
-    };
-    const onData = (b: Buffer) => {
-      text += b.toString('utf8').replace(/\r/g, '');
-      if (re.test(text)) done();
-    };
-    const onEnd = () => (re.test(text) ? done() : done(new Error(`the console ended before ${re}:\n${text.slice(-4000)}`)));
-    const timer = setTimeout(() => done(new Error(`no ${re} on the console within ${timeoutMs / 1000} s:\n${text.slice(-4000)}`)), timeoutMs);
-    con.on('data', onData);
-    con.on('end', onEnd);
-  });
-}
 
 describe('import onto a Xen host adapts a KVM guest for Xen PV (nested Xen 4.17, TCG)', () => {
   let host: XenHost;

@@ -20,13 +20,13 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { isPolyvisorError } from '../../src/errors.js';
 import { XenDriver } from '../../src/hosts/xen/driver.js';
-import type { ProcessConsole } from '../../src/hosts/xen/console.js';
 import { openVmSource } from '../../src/vm/source.js';
 import { emptySpec, type VmSpec } from '../../src/vm/spec.js';
 import { verifyVm } from '../../src/verify/verify.js';
 import { buildTestGuest, makeTestDisk, DISK_LINE, GUEST_MARKER, type TestGuest } from '../guests/build.js';
 import { qemuImg, tempDir } from '../helpers.js';
 import { startXenHost, type XenHost } from './host.js';
+import { readUntil } from './console-text.js';
 
 const run = promisify(execFile);
 const CLI = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
@@ -44,28 +44,6 @@ function pvSpec(name: string, guest: TestGuest, extra = ''): VmSpec {
     boot: { kernel: guest.kernel, ramdisk: guest.initrd, cmdline: `${CMDLINE}${extra}` },
     disks: [{ device: 'disk', bus: 'xen', target: 'xvda' }],
   };
-}
-
-/** Reads a console until `re` matches the text so far (carriage returns dropped), or it ends. */
-function readUntil(con: ProcessConsole, re: RegExp, timeoutMs: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let text = '';
-    const done = (err?: Error) => {
-      clearTimeout(timer);
-      con.off('data', onData);
-      con.off('end', onEnd);
-      if (err) reject(err);
-      else resolve(text);
-    };
-    const onData = (b: Buffer) => {
-      text += b.toString('utf8').replace(/\r/g, '');
-      if (re.test(text)) done();
-    };
-    const onEnd = () => (re.test(text) ? done() : done(new Error(`the console ended before ${re}:\n${text.slice(-3000)}`)));
-    const timer = setTimeout(() => done(new Error(`no ${re} on the console within ${timeoutMs / 1000} s:\n${text.slice(-3000)}`)), timeoutMs);
-    con.on('data', onData);
-    con.on('end', onEnd);
-  });
 }
 
 async function sha256(path: string): Promise<string> {

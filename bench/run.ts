@@ -15,9 +15,18 @@
  * after a build writes: one untimed run fills it first, and the first-run case, with an empty
  * cache folder each time, is measured as well.
  *
- * Options (environment): BENCH_REPEAT (default 5).
+ * The guest's first output comes 3 to 4 s after QEMU starts under TCG, and that boot alone
+ * varies by several hundred ms from run to run here, more than the overhead being measured. So
+ * a second table measures only the part Polyvisor adds, with no guest boot in it: the time
+ * from spawning the command to the moment the guest's CPUs are released. For Polyvisor, the
+ * `resumed` step of its POLYVISOR_TRACE timeline (QMP `cont` answered); for bare QEMU, started
+ * with -S, the time its QMP socket first answers (greeting read) — earlier than any tool could
+ * release the CPUs, so the difference is an upper bound of Polyvisor's overhead.
+ *
+ * Options (environment): BENCH_REPEAT (default 5), BENCH_START_REPEAT (default 15).
  */
 import { spawn } from 'node:child_process';
+import { createConnection } from 'node:net';
 import { copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -28,6 +37,48 @@ import { buildTestGuest, GUEST_MARKER } from '../test/guests/build.js';
 const CLI = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 const DIR = resolve(process.env.BENCH_DIR ?? '.cache/bench', 'run');
 const REPEAT = Number(process.env.BENCH_REPEAT ?? 5);
+const START_REPEAT = Number(process.env.BENCH_START_REPEAT ?? 15);
+
+/** Bare QEMU started paused: ms from spawn until its QMP socket sends the greeting. */
+function bareReady(args: string[], qmp: string): Promise<number> {
+  return new Promise((resolvePromise, reject) => {
+    rmSync(qmp, { force: true });
+    const t0 = performance.now();
+    const child = spawn('qemu-system-x86_64', [...args, '-S', '-qmp', `unix:${qmp},server=on,wait=off`], { stdio: 'ignore' });
+    const fail = setTimeout(() => (child.kill('SIGKILL'), reject(new Error('bare QEMU: no QMP greeting in 30 s'))), 30_000);
+    const attempt = () => {
+      const sock = createConnection({ path: qmp });
+      sock.once('data', () => {
+        const ms = performance.now() - t0;
+        clearTimeout(fail);
+        sock.destroy();
+        child.kill('SIGKILL');
+        child.once('exit', () => resolvePromise(ms));
+      });
+      sock.once('error', () => setTimeout(attempt, 1));
+    };
+    attempt();
+  });
+}
+
+/** `polyvisor run`: ms from spawn until its trace says the guest's CPUs were released; the VM is then killed. */
+function polyvisorResumed(args: string[], env: NodeJS.ProcessEnv): Promise<number> {
+  return new Promise((resolvePromise, reject) => {
+    const t0 = performance.now();
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...env, POLYVISOR_TRACE: '1' } });
+    let err = '';
+    let ms: number | undefined;
+    child.stderr.on('data', (d: Buffer) => {
+      err += d.toString();
+      if (ms === undefined && /trace \+[\d.]+ ms resumed/.test(err)) {
+        ms = performance.now() - t0;
+        // SIGTERM: run kills its VM and removes it, as on Ctrl-C
+        child.kill('SIGTERM');
+      }
+    });
+    child.on('exit', () => (ms === undefined ? reject(new Error(`polyvisor run: no "resumed" step: ${err.slice(-500)}`)) : resolvePromise(ms)));
+  });
+}
 
 interface Sample {
   firstOutputMs: number;
@@ -134,7 +185,22 @@ async function main(): Promise<void> {
     const over = r === base ? '' : `${r.firstOutputMs - base.firstOutputMs} ms`;
     console.log(`| ${r.label} | ${r.firstOutputMs} ms | ${r.markerMs} ms | ${over} | ${r.peakMiB === undefined ? '' : `${r.peakMiB} MiB`} |`);
   }
-  writeFileSync(resolve('bench', 'run-results.json'), JSON.stringify({ date: new Date().toISOString(), repeat: REPEAT, rows, samples: results }, null, 2) + '\n');
+
+  // the part Polyvisor adds, without the guest's boot in the figures
+  const qmp = join(DIR, 'bare-qmp.sock');
+  const start: Record<string, number[]> = { bare: [], run: [] };
+  for (let i = 0; i < START_REPEAT; i++) {
+    start.bare!.push(await bareReady(bare, qmp));
+    start.run!.push(await polyvisorResumed([CLI, 'run', cfg, '--accel', 'tcg'], env));
+  }
+  const bareMs = Math.round(median(start.bare!));
+  const runMs = Math.round(median(start.run!));
+  console.log(`\nspawn → the guest's CPUs released, medians of ${START_REPEAT} (no guest boot in these figures)\n`);
+  console.log('| command | CPUs released | overhead |');
+  console.log('| --- | --- | --- |');
+  console.log(`| qemu-system-x86_64 -S (bare; QMP greeting) | ${bareMs} ms | |`);
+  console.log(`| polyvisor run --accel tcg (QMP cont answered) | ${runMs} ms | ${runMs - bareMs} ms |`);
+  writeFileSync(resolve('bench', 'run-results.json'), JSON.stringify({ date: new Date().toISOString(), repeat: REPEAT, rows, samples: results, start: { repeat: START_REPEAT, bareMs, runMs, overheadMs: runMs - bareMs, samples: start } }, null, 2) + '\n');
 }
 
 await main();

@@ -5,7 +5,8 @@
  *  - before adaptation, the VMware guest (vmw_pvscsi and sd_mod only, root /dev/sda1) does not
  *    boot on KVM's virtio: SeaBIOS runs its GRUB, GRUB starts its kernel, and its initramfs,
  *    with no virtio driver, waits for /dev/sda1 and gives up with "ALERT! /dev/sda1 does not
- *    exist" (initramfs-tools scripts/local). The other guests' failures are in
+ *    exist" (initramfs-tools scripts/local); nor does the Xen PV guest on VMware's PVSCSI, even
+ *    handed its kernel (its initramfs has xen-blkfront only). The other failures are in
  *    test/guests/debian-boot.test.ts;
  *  - the Xen PV guest (xen-blkfront only, root /dev/xvda1, console hvc0, no boot code),
  *    adapted for VMware into an overlay, boots on VMware's device model as QEMU emulates it:
@@ -25,7 +26,7 @@ import { addNetReport, netReports } from './net-report.js';
 
 const MAC = '52:54:00:a1:0c:03';
 
-describe('boot matrix: the VMware guest on virtio, the Xen PV guest on PVSCSI and vmxnet3', () => {
+describe('boot matrix: the VMware guest on virtio, the Xen PV guest on PVSCSI (before and after) and vmxnet3', () => {
   let dir: string;
   before(async () => {
     dir = await tempDir();
@@ -44,6 +45,21 @@ describe('boot matrix: the VMware guest on virtio, the Xen PV guest on PVSCSI an
     assert.match(run.output, /GRUB loading/, 'its own boot code ran');
     assert.equal(ALERT.exec(run.output)![1], '/dev/sda1');
     assert.match(run.output, /Gave up waiting for root file system device/);
+    assert.doesNotMatch(run.output, new RegExp(DEBIAN_MARKER));
+  });
+
+  test('before adaptation, the Xen PV guest does not boot on PVSCSI even given its kernel: its initramfs has no vmw_pvscsi', async (t) => {
+    const g = await buildDebianGuest('xen-pv');
+    const disk = await overlayOf(dir, g, 'xen-pv-unadapted.qcow2');
+    // it has no boot code (test/guests/debian-boot.test.ts), so QEMU is handed its kernel, as
+    // the most a VMware host could do for it
+    const run = await runQemuConsole(
+      ['-nographic', '-no-reboot', '-m', '1024', '-nic', 'none', '-kernel', g.kernel, '-initrd', g.initrd, '-append', `root=${g.rootDevice} console=ttyS0`, ...qemuDiskArgs('pvscsi', disk)],
+      { until: [MARKER_LINE, ALERT, PANIC], timeoutMs: 10 * 60_000 },
+    );
+    t.diagnostic(`xen-pv on pvscsi: initramfs shell after ${run.seconds.toFixed(1)} s under TCG`);
+    assert.equal(run.stop, ALERT, `expected the initramfs to give up:\n${run.output.slice(-3000)}`);
+    assert.equal(ALERT.exec(run.output)![1], '/dev/xvda1');
     assert.doesNotMatch(run.output, new RegExp(DEBIAN_MARKER));
   });
 

@@ -3,7 +3,7 @@
  * engine, each in its own folder under <data>/vms/<name>/ with its disk overlays, sockets,
  * serial log and UEFI variables.
  *
- * QEMU runs detached (daemonized): `polyvisor start` returns while the VM runs on, and any
+ * QEMU runs detached (in a session of its own): `polyvisor start` returns while the VM runs on, and any
  * later command finds it again by the pid the store recorded, checked against the VM's own
  * socket path (./qemu/process.ts), so a pid reused by another program is never mistaken for
  * the VM. Every command first reconciles the store with what really runs: a VM whose QEMU

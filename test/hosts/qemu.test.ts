@@ -447,10 +447,20 @@ describe('real boots under TCG', () => {
   });
 
   test('a missing QEMU binary is an ERR_IO, not a hang', async () => {
-    const d = new QemuDriver({ accel: 'tcg', binary: '/nonexistent/qemu-system-x86_64' });
-    await d.define({ spec: spec({ name: 'nobin' }), disks: [] });
-    await assert.rejects(d.start('nobin'), (e) => isPolyvisorError(e, 'ERR_IO') && /ENOENT/.test(e.message));
-    assert.equal((await d.list())[0]!.state, 'defined');
+    for (const detached of [false, true]) {
+      const d = new QemuDriver({ accel: 'tcg', binary: '/nonexistent/qemu-system-x86_64', detached, stateDir: join(dir, `nobin-${detached}`) });
+      await d.define({ spec: spec({ name: 'nobin' }), disks: [] });
+      await assert.rejects(d.start('nobin'), (e) => isPolyvisorError(e, 'ERR_IO') && /ENOENT/.test(e.message), `detached: ${detached}`);
+      assert.equal((await d.list())[0]!.state, 'defined');
+      await d.dispose();
+    }
+  });
+
+  test('a detached QEMU that cannot start reports its own message, from its log file', async () => {
+    const d = new QemuDriver({ accel: 'tcg', detached: true, stateDir: join(dir, 'detached') });
+    await d.define({ spec: guestSpec('broken-detached', { device: 'disk', bus: 'virtio' }), disks: [{ path: join(dir, 'missing-detached.raw'), format: 'raw' }] });
+    await assert.rejects(d.start('broken-detached'), (e) => isPolyvisorError(e, 'ERR_IO') && /missing-detached\.raw/.test(e.message));
+    assert.match(readFileSync(join(dir, 'detached', 'broken-detached', 'qemu.log'), 'utf8'), /missing-detached\.raw/);
     await d.dispose();
   });
 });

@@ -45,8 +45,6 @@ export interface QemuRuntime {
   noReboot?: boolean;
   /** `-S`: the CPUs wait for a QMP `cont`, so a console can attach before the guest prints anything */
   startPaused?: boolean;
-  /** fork into the background once ready (`-daemonize`; needs `pidfile`) so QEMU outlives the caller */
-  daemonize?: boolean;
   /**
    * add a pvpanic device (QEMU's docs/specs/pvpanic.rst): a guest with the driver reports its
    * kernel panic to the host as a GUEST_PANICKED event instead of only printing it
@@ -221,10 +219,6 @@ export function buildQemuArgv(spec: VmSpec, disks: Array<DiskAttachment | undefi
   if (rt.noReboot) a.push('-no-reboot');
   if (rt.pvpanic) a.push('-device', 'pvpanic');
   if (rt.startPaused) a.push('-S');
-  if (rt.daemonize) {
-    if (!rt.pidfile) throw new PolyvisorError('ERR_INTERNAL', 'qemu: -daemonize needs a pidfile');
-    a.push('-daemonize');
-  }
   // no stray state: defaults off for monitor/parallel, which would otherwise grab stdio
   a.push('-monitor', 'none', '-parallel', 'none');
   return { argv: a, notes, accel, machine, notice, uefiVarsTemplate };

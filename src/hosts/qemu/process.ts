@@ -1,11 +1,10 @@
 /**
- * QEMU processes known by their pid: a daemonized QEMU (`-daemonize`) is not our child, and a
- * later Polyvisor command finds it again through its pidfile. A pid alone can be reused by the
+ * QEMU processes known by their pid: a detached QEMU outlives the Polyvisor process that
+ * started it, and a later command finds it again by the pid the store recorded. A pid alone can be reused by the
  * system after QEMU ends, so a pid counts as "our QEMU" only while /proc/<pid>/cmdline still
  * names the VM's own QMP socket: no other process has that path on its command line.
  */
 import { readFileSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 
 /** True while `pid` runs and its command line names `marker` (the VM's QMP socket path). */
 export function qemuAlive(pid: number, marker: string): boolean {
@@ -15,17 +14,6 @@ export function qemuAlive(pid: number, marker: string): boolean {
     return readFileSync(`/proc/${pid}/cmdline`, 'latin1').includes(marker);
   } catch {
     return false;
-  }
-}
-
-/** The pid in a pidfile QEMU wrote (`-pidfile`), or undefined when it is missing or not a pid. */
-export async function readPidfile(path: string): Promise<number | undefined> {
-  try {
-    const text = (await readFile(path, 'latin1')).trim();
-    if (!/^\d{1,10}$/.test(text)) return undefined;
-    return Number(text);
-  } catch {
-    return undefined;
   }
 }
 

@@ -40,7 +40,7 @@ export interface QemuDriverOptions extends ArgvOptions {
   startTimeoutMs?: number;
   /** pass -no-reboot: a guest reboot ends the VM (tests want this) */
   noReboot?: boolean;
-  /** QEMU daemonizes and outlives this process (see the module comment) */
+  /** QEMU runs in a session of its own and outlives this process (see the module comment) */
   detached?: boolean;
   /** give guests a pvpanic device, so that a panic is reported as GUEST_PANICKED */
   pvpanic?: boolean;

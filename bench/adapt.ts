@@ -32,7 +32,7 @@ import { fileURLToPath } from 'node:url';
 import { DEBIAN_MARKER, runQemuConsole, type ConsoleRun } from '../test/guests/debian.js';
 import { xenPvGrubPcGuest, xenPvGuest, type BenchGuest } from './adapt-guests.js';
 
-const CLI = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
+const CLI = fileURLToPath(new URL('../../bin/polyvisor', import.meta.url));
 const DIR = resolve(process.env.BENCH_DIR ?? '.cache/bench', 'adapt');
 const CASES = (process.env.BENCH_CASES ?? 'a,b').split(',');
 const BOOT = process.env.BENCH_BOOT !== '0';
@@ -306,7 +306,7 @@ async function runV2v(g: BenchGuest, dir: string): Promise<ToolResult> {
 async function runPolyvisor(g: BenchGuest, dir: string): Promise<ToolResult> {
   const out = join(dir, 'disk.kvm.qcow2');
   process.stderr.write(`${g.label}: polyvisor guest adapt...\n`);
-  const run = await runTool(process.execPath, [CLI, 'guest', 'adapt', g.disk, '--for', 'kvm', '--out', out], process.env, join(dir, 'tool.log'));
+  const run = await runTool(CLI, ['guest', 'adapt', g.disk, '--for', 'kvm', '--out', out], process.env, join(dir, 'tool.log'));
   process.stderr.write(`  status ${run.exitCode} after ${run.seconds} s, peak ${run.peakTreeMiB} MiB${run.errorLine ? `: ${run.errorLine}` : ''}\n`);
   const r: ToolResult = { guest: g.label, tool: 'Polyvisor', run };
   if (run.exitCode === 0 && existsSync(out)) {

@@ -24,7 +24,7 @@ import { cpus, totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-const CLI = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
+const CLI = fileURLToPath(new URL('../../bin/polyvisor', import.meta.url));
 const DIR = resolve(process.env.BENCH_DIR ?? '.cache/bench');
 const REPEAT = Number(process.env.BENCH_REPEAT ?? 3);
 const CASES = (process.env.BENCH_CASES ?? 'a,b').split(',');
@@ -117,9 +117,9 @@ function main(): void {
         rmSync(out, { force: true });
         q.push(timed('qemu-img', ['convert', '-f', input.fmt, ...f.qemu, input.path, out]));
         rmSync(out, { force: true });
-        p.push(timed(process.execPath, [CLI, 'disk', 'convert', '-q', '-t', 'unsafe', '-f', input.fmt, ...f.pv, input.path, out]));
+        p.push(timed(CLI, ['disk', 'convert', '-q', '-t', 'unsafe', '-f', input.fmt, ...f.pv, input.path, out]));
         rmSync(out, { force: true });
-        d.push(timed(process.execPath, [CLI, 'disk', 'convert', '-q', '-f', input.fmt, ...f.pv, input.path, out]));
+        d.push(timed(CLI, ['disk', 'convert', '-q', '-f', input.fmt, ...f.pv, input.path, out]));
         rmSync(out, { force: true });
       }
       const qm = median(q);

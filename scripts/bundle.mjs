@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 /**
  * Part of `npm run build`: writes the CLI as one CommonJS file, dist/src/cli/polyvisor.cjs,
- * from the modules tsc emitted, for src/cli/main.ts to run with V8's code cache (see there
- * for why). The bundle sits beside main.js so that the few paths modules compute from
+ * from the modules tsc emitted, for src/cli/main.cts to run with V8's code cache (see there
+ * for why). The bundle sits beside main.cjs so that the few paths modules compute from
  * import.meta.url (package.json, the native addon) resolve the same from it.
  *
  * better-sqlite3 stays outside: it loads a native addon from its own package folder.
@@ -28,6 +28,8 @@ await build({
   // parent, so the bundle's URL stands in for each module's import.meta.url
   define: { 'import.meta.url': '__polyvisor_bundle_url' },
   banner: { js: 'const __polyvisor_bundle_url = require("node:url").pathToFileURL(__filename).href;' },
+  // ASCII only (esbuild's default, stated): src/cli/main.cts reads the bundle as latin1
+  charset: 'ascii',
   minify: true,
   // function and class names stay: messages and stack traces use them
   keepNames: true,

@@ -16,14 +16,14 @@ import { fileURLToPath } from 'node:url';
 import { makeBootDisk } from './sample/bootdisk.js';
 import { buildTestGuest } from './sample/guest.js';
 
-const cli = fileURLToPath(new URL('./cli/main.js', import.meta.url));
+const cli = fileURLToPath(new URL('../../bin/polyvisor', import.meta.url));
 const args = process.argv.slice(2);
 const serve = !args.includes('--no-serve');
 const dir = resolve(args.find((a) => !a.startsWith('--')) ?? '.cache/demo');
 
 function polyvisor(...args: string[]): number {
   process.stdout.write(`\n$ polyvisor ${args.join(' ')}\n`);
-  const r = spawnSync(process.execPath, [cli, ...args], { stdio: 'inherit', cwd: dir });
+  const r = spawnSync(cli, [...args], { stdio: 'inherit', cwd: dir });
   return r.status ?? 1;
 }
 
@@ -114,7 +114,7 @@ async function serveSample(): Promise<void> {
       'Open the URL below and sign in with the admin token it prints once; Ctrl-C stops the server.\n' +
       `\n$ polyvisor --data ${data} serve --listen ${listen}\n`,
   );
-  const child = spawn(process.execPath, [cli, '--data', data, 'serve', '--listen', listen], { stdio: 'inherit', cwd: dir });
+  const child = spawn(cli, ['--data', data, 'serve', '--listen', listen], { stdio: 'inherit', cwd: dir });
   // Ctrl-C reaches the server too (same process group); this process waits for it to end
   process.on('SIGINT', () => undefined);
   process.exitCode = await new Promise<number>((r) => child.once('exit', (code, signal) => r(signal === 'SIGINT' || code === 130 ? 0 : code ?? 1)));

@@ -58,6 +58,13 @@ export async function buildProgram(argv: string[] = process.argv): Promise<Comma
 
 export async function main(argv: string[]): Promise<void> {
   trace('modules loaded');
+  // bin/polyvisor holds NODE_EXTRA_CA_CERTS back from Node when no PostgreSQL server is named
+  // (see there); the processes Polyvisor starts get it back
+  const ca = process.env.POLYVISOR_EXTRA_CA_CERTS;
+  if (ca !== undefined) {
+    process.env.NODE_EXTRA_CA_CERTS = ca;
+    delete process.env.POLYVISOR_EXTRA_CA_CERTS;
+  }
   const program = await buildProgram(argv);
   trace('command line parsed');
   const json = argv.includes('--json') || argv.includes('--output=json');

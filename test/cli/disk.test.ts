@@ -9,10 +9,10 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { patternBytes, qemuImg, qemuImgStatus, qemuInfo, qemuIo, tempDir } from '../helpers.js';
 
-const CLI = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+const CLI = fileURLToPath(new URL('../../../bin/polyvisor', import.meta.url));
 
 function pv(cwd: string, ...args: string[]) {
-  const r = spawnSync(process.execPath, [CLI, ...args], { cwd, encoding: 'utf8' });
+  const r = spawnSync(CLI, [...args], { cwd, encoding: 'utf8' });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -127,7 +127,7 @@ test('disk map --json reports what qemu-img map reports', async (t) => {
 test('Ctrl-C during convert leaves no destination and no temporary file', async (t) => {
   const dir = await tempDir(t);
   await writeFile(join(dir, 'big.raw'), patternBytes(192 << 20, 9));
-  const child = spawn(process.execPath, [CLI, 'disk', 'convert', '-p', '-O', 'qcow2', 'big.raw', 'out.qcow2'], { cwd: dir });
+  const child = spawn(CLI, ['disk', 'convert', '-p', '-O', 'qcow2', 'big.raw', 'out.qcow2'], { cwd: dir });
   let err = '';
   let sent = false;
   child.stderr.on('data', (d) => {
@@ -147,7 +147,7 @@ test('Ctrl-C during convert leaves no destination and no temporary file', async 
 test('-p draws a progress bar on a terminal (a pseudo-terminal made by script(1))', async (t) => {
   const dir = await tempDir(t);
   await writeFile(join(dir, 'src.raw'), patternBytes(32 << 20, 17));
-  const cmd = `${process.execPath} ${CLI} disk convert -p -O qcow2 src.raw out.qcow2`;
+  const cmd = `${CLI} disk convert -p -O qcow2 src.raw out.qcow2`;
   const r = spawnSync('script', ['-qec', cmd, '/dev/null'], { cwd: dir, encoding: 'utf8' });
   assert.equal(r.status, 0, r.stdout + r.stderr);
   const screen = r.stdout.replace(/\x1b\[[0-9;?]*[A-Za-z]|\x1b[78]/g, '');

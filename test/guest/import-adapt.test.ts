@@ -15,7 +15,7 @@ import { qemuImg, tempDir } from '../helpers.js';
 import { buildDebianGuest, DEBIAN_MARKER } from '../guests/debian.js';
 import { LocalHost } from '../../src/hosts/local.js';
 
-const CLI = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+const CLI = fileURLToPath(new URL('../../../bin/polyvisor', import.meta.url));
 
 test('vm import adapts a Xen PV guest for the local engine, where it then boots from its own disk', { timeout: 900_000 }, async (t) => {
   const dir = await tempDir(t);
@@ -27,7 +27,7 @@ test('vm import adapts a Xen PV guest for the local engine, where it then boots 
   const before = (await qemuImg('info', '--output=json', disk)).length;
   const cfg = join(dir, 'xenpv.cfg');
   await writeFile(cfg, ['name = "xenpv"', 'type = "pv"', 'bootloader = "pygrub"', 'memory = 1024', 'vif = [ "mac=00:16:3e:12:34:56" ]', 'disk = [ "format=qcow2,vdev=xvda,access=rw,target=xenpv.qcow2" ]', ''].join('\n'));
-  const pv = (...args: string[]) => spawnSync(process.execPath, [CLI, ...args], { env: { ...process.env, POLYVISOR_DATA: data }, encoding: 'utf8', timeout: 600_000 });
+  const pv = (...args: string[]) => spawnSync(CLI, [...args], { env: { ...process.env, POLYVISOR_DATA: data }, encoding: 'utf8', timeout: 600_000 });
 
   const plain = pv('vm', 'import', cfg, '--name', 'as-is', '--no-adapt', '--allow-outside-paths', '--json');
   assert.equal(plain.status, 0, plain.stderr);

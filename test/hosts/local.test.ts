@@ -19,10 +19,10 @@ import { qemuDigest, qemuImg, qemuIo, tempDir } from '../helpers.js';
 import { buildTestGuest, DISK_LINE, GUEST_MARKER } from '../guests/build.js';
 
 const run = promisify(execFile);
-const CLI = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+const CLI = fileURLToPath(new URL('../../../bin/polyvisor', import.meta.url));
 
 function pv(data: string, ...args: string[]) {
-  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: { ...process.env, POLYVISOR_DATA: data }, timeout: 120_000 });
+  const r = spawnSync(CLI, [...args], { encoding: 'utf8', env: { ...process.env, POLYVISOR_DATA: data }, timeout: 120_000 });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -36,7 +36,7 @@ interface Running {
 }
 
 function pvSpawn(data: string, ...args: string[]): Running {
-  const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, POLYVISOR_DATA: data }, stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn(CLI, [...args], { env: { ...process.env, POLYVISOR_DATA: data }, stdio: ['pipe', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   const waiters: Array<() => void> = [];

@@ -17,10 +17,10 @@ import { tempDir } from '../helpers.js';
 import { buildBootableDisk } from '../guests/bootable.js';
 import { DISK_LINE, GUEST_MARKER } from '../guests/build.js';
 
-const CLI = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+const CLI = fileURLToPath(new URL('../../../bin/polyvisor', import.meta.url));
 
 function pv(data: string, ...args: string[]) {
-  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: { ...process.env, POLYVISOR_DATA: data }, timeout: 180_000 });
+  const r = spawnSync(CLI, [...args], { encoding: 'utf8', env: { ...process.env, POLYVISOR_DATA: data }, timeout: 180_000 });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 

@@ -12,10 +12,10 @@ import { parseListen } from '../../src/cli/serve.js';
 import { Store } from '../../src/store/store.js';
 import { tempDir, throwsCode } from '../helpers.js';
 
-const SERVE = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+const SERVE = fileURLToPath(new URL('../../../bin/polyvisor', import.meta.url));
 
 function serve(data: string): Promise<{ url: string; stdout: () => string; stop: () => Promise<number | null> }> {
-  const child = spawn(process.execPath, [SERVE, '--data', data, 'serve', '--listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(SERVE, ['--data', data, 'serve', '--listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stdout.setEncoding('utf8').on('data', (s: string) => (out += s));

@@ -11,10 +11,10 @@ import { fileURLToPath } from 'node:url';
 import { tempDir } from '../helpers.js';
 import { startPostgres } from './pg-server.js';
 
-const CLI = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+const CLI = fileURLToPath(new URL('../../../bin/polyvisor', import.meta.url));
 
 function cli(args: string[], env: Record<string, string> = {}): { status: number | null; stdout: string; stderr: string } {
-  return spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: { ...process.env, ...env } });
+  return spawnSync(CLI, [...args], { encoding: 'utf8', env: { ...process.env, ...env } });
 }
 
 test('polyvisor --database postgresql://... keeps hosts and VMs on PostgreSQL for every command', async (t) => {

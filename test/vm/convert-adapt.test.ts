@@ -31,10 +31,10 @@ import { qemuImg, tempDir } from '../helpers.js';
 import { buildDebianGuest, DEBIAN_MARKER, pygrub, type DebianGuest } from '../guests/debian.js';
 import { bootDisk, overlayOf, qemuCompare, sha256File } from '../guest/adapt-fixtures.js';
 
-const CLI = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+const CLI = fileURLToPath(new URL('../../../bin/polyvisor', import.meta.url));
 
 function pv(...args: string[]) {
-  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 600_000 });
+  const r = spawnSync(CLI, [...args], { encoding: 'utf8', timeout: 600_000 });
   assert.equal(r.status, 0, `polyvisor ${args.join(' ')}: ${r.stderr}`);
   return r.stdout;
 }

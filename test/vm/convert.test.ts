@@ -12,10 +12,10 @@ import { fileURLToPath } from 'node:url';
 import { targetNames } from '../../src/vm/registry.js';
 import { qemuImg, qemuImgStatus, qemuIo, tempDir } from '../helpers.js';
 
-const CLI = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+const CLI = fileURLToPath(new URL('../../../bin/polyvisor', import.meta.url));
 
 function pv(cwd: string, ...args: string[]) {
-  const r = spawnSync(process.execPath, [CLI, ...args], { cwd, encoding: 'utf8' });
+  const r = spawnSync(CLI, [...args], { cwd, encoding: 'utf8' });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 

@@ -29,7 +29,7 @@ import { startXenHost, type XenHost } from './host.js';
 import { readUntil } from './console-text.js';
 
 const run = promisify(execFile);
-const CLI = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+const CLI = fileURLToPath(new URL('../../../bin/polyvisor', import.meta.url));
 
 /** a PV guest writes to hvc0; the same command line on QEMU falls back to ttyS0 */
 const CMDLINE = 'console=ttyS0 console=hvc0 quiet panic=-1';
@@ -225,7 +225,7 @@ describe('xl driver on a real Xen 4.17 host (nested, under TCG)', () => {
   test('through the CLI: host add; a VM made on the local engine moves onto Xen, boots there, and moves back', async (t) => {
     const data = join(dir, 'cli-data');
     const pv = (...args: string[]) => {
-      const r = spawnSync(process.execPath, [CLI, ...args], { env: { ...process.env, POLYVISOR_DATA: data }, encoding: 'utf8', timeout: 900_000 });
+      const r = spawnSync(CLI, [...args], { env: { ...process.env, POLYVISOR_DATA: data }, encoding: 'utf8', timeout: 900_000 });
       return { status: r.status, stdout: r.stdout, stderr: r.stderr };
     };
     const ok = (...args: string[]) => {
@@ -272,7 +272,7 @@ describe('xl driver on a real Xen 4.17 host (nested, under TCG)', () => {
     ok('start', 'mover');
     assert.equal(ps()[0]!.state, 'running');
     // its console, through the CLI: the guest prints "tick" once it has checksummed its xvda
-    const con = spawn(process.execPath, [CLI, 'console', 'mover'], { env: { ...process.env, POLYVISOR_DATA: data }, stdio: ['pipe', 'pipe', 'pipe'] });
+    const con = spawn(CLI, ['console', 'mover'], { env: { ...process.env, POLYVISOR_DATA: data }, stdio: ['pipe', 'pipe', 'pipe'] });
     let text = '';
     await new Promise<void>((resolve, reject) => {
       const t = setTimeout(() => reject(new Error(`no tick on the Xen console: ${text.slice(-1000)}`)), 240_000);

@@ -13,11 +13,11 @@ import { fileURLToPath } from 'node:url';
 import { tempDir } from '../../helpers.js';
 import { buildWindowsDisk } from './fixture.js';
 
-const CLI = fileURLToPath(new URL('../../../src/cli/main.js', import.meta.url));
+const CLI = fileURLToPath(new URL('../../../../bin/polyvisor', import.meta.url));
 const sha = async (p: string) => createHash('sha256').update(await readFile(p)).digest('hex');
 
 function cli(args: string[]): { status: number | null; stdout: string; stderr: string } {
-  return spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8' });
+  return spawnSync(CLI, [...args], { encoding: 'utf8' });
 }
 
 test('polyvisor guest inspect and adapt on a Windows guest', async (t) => {

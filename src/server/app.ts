@@ -12,7 +12,7 @@
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import type { z } from 'zod';
+import type * as z from 'zod';
 import { Estate } from '../hosts/estate.js';
 import { AuditLog } from './audit.js';
 import { Auth, type Principal } from './auth.js';

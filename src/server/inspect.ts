@@ -9,7 +9,7 @@
  * OVA); XVA's own are known only when it is written, and are listed by the export job.
  */
 import { sep } from 'node:path';
-import { z } from 'zod';
+import * as z from 'zod';
 import { LOCAL_HOST } from '../hosts/local.js';
 import type { ConversionNote } from '../vm/codec.js';
 import { VmSpecSchema } from '../vm/spec.js';

@@ -5,7 +5,7 @@
  * the schemas go in unchanged. The server's tests validate every response they get against
  * this document.
  */
-import { z } from 'zod';
+import * as z from 'zod';
 import { openApiPath, type ApiRoute } from './route.js';
 import { API_SCHEMAS, REQUEST_SCHEMAS } from './schemas.js';
 

@@ -5,7 +5,7 @@
  * the route's operation in the OpenAPI document (./openapi.ts), so none of them can drift.
  */
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import type { z } from 'zod';
+import type * as z from 'zod';
 import type { Role } from '../store/store.js';
 import type { Principal } from './auth.js';
 import type { ServerContext } from './context.js';

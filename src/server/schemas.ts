@@ -4,7 +4,7 @@
  * the dialect of OpenAPI 3.1), so the document cannot drift from what the server accepts and
  * sends. Schemas registered in `API_SCHEMAS` become named components.
  */
-import { z } from 'zod';
+import * as z from 'zod';
 import { JOB_STATES, ROLES, StoredDiskSchema, VM_NAME, VM_STATES } from '../store/store.js';
 import { VmSpecSchema } from '../vm/spec.js';
 
@@ -13,7 +13,8 @@ export const API_SCHEMAS = z.registry<{ id: string; description?: string }>();
 /** Named request bodies (zod's input side: a field with a default may be left out). */
 export const REQUEST_SCHEMAS = z.registry<{ id: string; description?: string }>();
 
-function named<T extends z.ZodType>(id: string, schema: T, description?: string): T {
+/** `z.core.$ZodType`: the VM model's schemas are written with zod's mini API (../vm/spec.ts) */
+function named<T extends z.core.$ZodType>(id: string, schema: T, description?: string): T {
   API_SCHEMAS.add(schema, { id, description });
   return schema;
 }

@@ -11,7 +11,8 @@
  */
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { z } from 'zod';
+// zod's mini API, as ../vm/spec.ts (which sets its messages) says why
+import * as z from 'zod/mini';
 import { PolyvisorError } from '../errors.js';
 import { VmSpecSchema, type VmSpec } from '../vm/spec.js';
 import { isUniqueViolation, type Db, type SqlParam, type Statement } from './db.js';
@@ -25,7 +26,7 @@ export type StoredVmState = (typeof VM_STATES)[number];
 
 /** How one disk of a stored VM reaches the engine. */
 export const StoredDiskSchema = z.object({
-  index: z.number().int().min(0),
+  index: z.int().check(z.minimum(0)),
   /** the source disk as the user knows it */
   label: z.string(),
   /**
@@ -40,7 +41,7 @@ export const StoredDiskSchema = z.object({
   /** Polyvisor's registry name of `path`'s format */
   format: z.string(),
   /** the source file beneath an overlay */
-  source: z.string().optional(),
+  source: z.optional(z.string()),
 });
 export type StoredDisk = z.infer<typeof StoredDiskSchema>;
 
@@ -682,7 +683,7 @@ export class Store {
   }
 
   #fromRow(r: VmRow): StoredVm {
-    const parse = <T>(what: string, text: string, schema: z.ZodType<T>): T => {
+    const parse = <T>(what: string, text: string, schema: z.ZodMiniType<T>): T => {
       try {
         return schema.parse(JSON.parse(text));
       } catch (e) {

@@ -7,9 +7,18 @@
  *
  * The schema (zod) is the single definition: types are inferred from it, decoders validate
  * their result with it, and the CLI's --json output is exactly this shape.
+ *
+ * Written with zod's "mini" API (functions and .check() in place of chained methods): the
+ * same library and checks, but a schema is a plain object rather than one carrying some
+ * fifty methods, which makes building this one, on every command's path to a VM, a few
+ * milliseconds cheaper (BENCHMARKS.md, `polyvisor run`'s start). Mini loads no messages by
+ * itself: English is set here.
  */
-import { z } from 'zod';
+import * as z from 'zod/mini';
+import { en } from 'zod/locales';
 import { PolyvisorError } from '../errors.js';
+
+z.config(en());
 
 /** Buses a disk can hang off, in the words of the hypervisors that use them. */
 export const DISK_BUSES = ['ide', 'sata', 'scsi', 'virtio', 'xen', 'nvme', 'usb', 'fdc'] as const;
@@ -32,54 +41,49 @@ export const NIC_MODELS = ['virtio', 'e1000', 'e1000e', 'rtl8139', 'pcnet', 'vmx
 
 export const OS_FAMILIES = ['linux', 'windows', 'bsd', 'solaris', 'other', 'unknown'] as const;
 
-const mac = z
-  .string()
-  .regex(/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/, 'a MAC address as six lower-case hex pairs separated by colons');
+const mac = z.string().check(z.regex(/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/, 'a MAC address as six lower-case hex pairs separated by colons'));
 
 export const VmDiskSchema = z.object({
   /** what the guest sees */
   device: z.enum(['disk', 'cdrom', 'floppy']),
   bus: z.enum(DISK_BUSES),
   /** the controller's model when the bus does not say (SCSI, SATA) */
-  controllerModel: z.enum(CONTROLLER_MODELS).optional(),
+  controllerModel: z.optional(z.enum(CONTROLLER_MODELS)),
   /** controller number on that bus, and unit (slot) on the controller: VMware's scsi0:1 */
-  controller: z.number().int().min(0).max(255).optional(),
-  unit: z.number().int().min(0).max(255).optional(),
+  controller: z.optional(z.int().check(z.minimum(0), z.maximum(255))),
+  unit: z.optional(z.int().check(z.minimum(0), z.maximum(255))),
   /** the guest's device name where the hypervisor records one: xvda, sda, hdc, vdb */
-  target: z.string().max(64).optional(),
+  target: z.optional(z.string().check(z.maxLength(64))),
   /** the disk file as the descriptor records it (relative to the descriptor's folder); absent for an empty CD-ROM */
-  file: z.string().max(4096).optional(),
+  file: z.optional(z.string().check(z.maxLength(4096))),
   /** the disk format in Polyvisor's registry names (raw, qcow2, vhd, vhdx, vmdk, vdi), when known */
-  format: z.string().max(32).optional(),
-  readOnly: z.boolean().optional(),
+  format: z.optional(z.string().check(z.maxLength(32))),
+  readOnly: z.optional(z.boolean()),
   /** 1 boots first */
-  bootOrder: z.number().int().min(1).max(64).optional(),
+  bootOrder: z.optional(z.int().check(z.minimum(1), z.maximum(64))),
   /** virtual size in bytes, when the descriptor states it (OVF, XVA) */
-  capacity: z.number().int().min(0).optional(),
+  capacity: z.optional(z.int().check(z.minimum(0))),
 });
 export type VmDisk = z.infer<typeof VmDiskSchema>;
 
 export const VmNicSchema = z.object({
-  model: z.enum(NIC_MODELS).optional(),
-  mac: mac.optional(),
+  model: z.optional(z.enum(NIC_MODELS)),
+  mac: z.optional(mac),
   /** the network or bridge the NIC joins, by the source's name for it */
-  network: z.string().max(256).optional(),
+  network: z.optional(z.string().check(z.maxLength(256))),
   /** how it joins: a host bridge, a named virtual network, NAT, or no connection */
-  connection: z.enum(['bridge', 'network', 'nat', 'none']).optional(),
+  connection: z.optional(z.enum(['bridge', 'network', 'nat', 'none'])),
 });
 export type VmNic = z.infer<typeof VmNicSchema>;
 
 export const VmSpecSchema = z.object({
-  name: z.string().min(1).max(256),
-  uuid: z
-    .string()
-    .regex(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/)
-    .optional(),
-  description: z.string().max(65536).optional(),
+  name: z.string().check(z.minLength(1), z.maxLength(256)),
+  uuid: z.optional(z.string().check(z.regex(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/))),
+  description: z.optional(z.string().check(z.maxLength(65536))),
   firmware: z.object({
     type: z.enum(['bios', 'uefi']),
-    secureBoot: z.boolean().optional(),
-    tpm: z.boolean().optional(),
+    secureBoot: z.optional(z.boolean()),
+    tpm: z.optional(z.boolean()),
   }),
   /**
    * How the guest is virtualised: fully (hvm: every hypervisor), or Xen's paravirtual modes
@@ -87,41 +91,41 @@ export const VmSpecSchema = z.object({
    */
   virtualization: z.enum(['hvm', 'pv', 'pvh']),
   cpu: z.object({
-    count: z.number().int().min(1).max(4096),
-    sockets: z.number().int().min(1).max(4096).optional(),
-    cores: z.number().int().min(1).max(4096).optional(),
-    threads: z.number().int().min(1).max(16).optional(),
+    count: z.int().check(z.minimum(1), z.maximum(4096)),
+    sockets: z.optional(z.int().check(z.minimum(1), z.maximum(4096))),
+    cores: z.optional(z.int().check(z.minimum(1), z.maximum(4096))),
+    threads: z.optional(z.int().check(z.minimum(1), z.maximum(16))),
   }),
   memory: z.object({
     /** bytes at start */
-    bytes: z.number().int().min(1 << 20),
+    bytes: z.int().check(z.minimum(1 << 20)),
     /** bytes the guest may balloon up to, when it differs */
-    maxBytes: z.number().int().min(1 << 20).optional(),
+    maxBytes: z.optional(z.int().check(z.minimum(1 << 20))),
   }),
-  disks: z.array(VmDiskSchema).max(256),
-  nics: z.array(VmNicSchema).max(64),
-  consoles: z.array(z.object({ type: z.enum(['serial', 'xen', 'virtio']), port: z.number().int().min(0).max(255).optional() })).max(16),
-  graphics: z.array(z.object({ type: z.enum(['vnc', 'spice', 'sdl', 'rdp', 'vga']), port: z.number().int().min(-1).max(65535).optional(), listen: z.string().max(256).optional() })).max(8),
+  disks: z.array(VmDiskSchema).check(z.maxLength(256)),
+  nics: z.array(VmNicSchema).check(z.maxLength(64)),
+  consoles: z.array(z.object({ type: z.enum(['serial', 'xen', 'virtio']), port: z.optional(z.int().check(z.minimum(0), z.maximum(255))) })).check(z.maxLength(16)),
+  graphics: z.array(z.object({ type: z.enum(['vnc', 'spice', 'sdl', 'rdp', 'vga']), port: z.optional(z.int().check(z.minimum(-1), z.maximum(65535))), listen: z.optional(z.string().check(z.maxLength(256))) })).check(z.maxLength(8)),
   os: z.object({
     family: z.enum(OS_FAMILIES),
     /** the source's own name for the guest OS: "ubuntu64Guest", "rhel8", "win2k19"... */
-    variant: z.string().max(128).optional(),
+    variant: z.optional(z.string().check(z.maxLength(128))),
   }),
   /**
    * How a paravirtual guest boots: a kernel and ramdisk from the host, or a bootloader that
    * reads them from the guest's own disk (Xen's pygrub).
    */
-  boot: z
-    .object({
-      kernel: z.string().max(4096).optional(),
-      ramdisk: z.string().max(4096).optional(),
-      cmdline: z.string().max(65536).optional(),
-      bootloader: z.string().max(4096).optional(),
-      bootloaderArgs: z.array(z.string().max(4096)).max(64).optional(),
+  boot: z.optional(
+    z.object({
+      kernel: z.optional(z.string().check(z.maxLength(4096))),
+      ramdisk: z.optional(z.string().check(z.maxLength(4096))),
+      cmdline: z.optional(z.string().check(z.maxLength(65536))),
+      bootloader: z.optional(z.string().check(z.maxLength(4096))),
+      bootloaderArgs: z.optional(z.array(z.string().check(z.maxLength(4096))).check(z.maxLength(64))),
       /** boot devices in order, for BIOS guests: disk, cdrom, network, floppy */
-      order: z.array(z.enum(['disk', 'cdrom', 'network', 'floppy'])).max(8).optional(),
-    })
-    .optional(),
+      order: z.optional(z.array(z.enum(['disk', 'cdrom', 'network', 'floppy'])).check(z.maxLength(8))),
+    }),
+  ),
   /** settings the model does not name, per codec: written back when converting to the same codec */
   extra: z.record(z.string(), z.record(z.string(), z.unknown())),
 });

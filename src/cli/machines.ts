@@ -85,25 +85,26 @@ export function machineCommands(): Command[] {
         await withHost(cmd, async (host, o) => {
           const timeout = o.timeout === undefined ? undefined : Number(o.timeout);
           if (timeout !== undefined && (!Number.isFinite(timeout) || timeout <= 0)) throw new PolyvisorError('ERR_USAGE', `--timeout ${o.timeout}: give a number of seconds`);
-          // run boots the guest as it is (adaptation is vm import's and move's step)
-          const { vm } = await host.import(source, { name: o.name, persist: !!o.persist, transient: !o.keep, allowOutsidePaths: o.allowOutsidePaths, adapt: false });
-          const name = vm.name;
-          trace('imported');
-          const cleanup = async () => {
-            if (!o.keep) await host.remove(name, { force: true }).catch(() => undefined);
-          };
+          let name: string | undefined;
           let signalled: NodeJS.Signals | undefined;
           const onSignal = (sig: NodeJS.Signals) => {
             signalled = sig;
-            void host.kill(name).catch(() => undefined);
+            if (name) void host.kill(name).catch(() => undefined);
           };
           process.on('SIGINT', onSignal);
           process.on('SIGTERM', onSignal);
           process.on('SIGHUP', onSignal);
+          const cleanup = async () => {
+            if (!o.keep && name) await host.remove(name, { force: true }).catch(() => undefined);
+          };
           try {
-            // paused until the console is attached: the first byte the guest prints is seen
-            await host.start(name, { paused: true });
+            // run boots the guest as it is (adaptation is vm import's and move's step), paused
+            // until the console is attached: the first byte the guest prints is seen
+            const { vm } = await host.importAndStart(source, { name: o.name, persist: !!o.persist, transient: !o.keep, allowOutsidePaths: o.allowOutsidePaths, adapt: false });
+            name = vm.name;
             trace('qemu started (paused)');
+            // a signal while it started: it ends here, as it would have a moment later
+            if (signalled) throw new PolyvisorError('ERR_ABORTED', `interrupted by ${signalled}`);
             notices(host);
             const stream = await host.console(name);
             const attached = attachConsole(stream);
@@ -111,7 +112,7 @@ export function machineCommands(): Command[] {
             await host.resume(name);
             trace('resumed');
             let timer: NodeJS.Timeout | undefined;
-            if (timeout !== undefined) timer = setTimeout(() => void host.kill(name).catch(() => undefined), timeout * 1000);
+            if (timeout !== undefined) timer = setTimeout(() => void host.kill(vm.name).catch(() => undefined), timeout * 1000);
             const how = await attached;
             if (timer) clearTimeout(timer);
             if (how === 'detached' && !o.keep) {
@@ -129,7 +130,7 @@ export function machineCommands(): Command[] {
             if (signalled) process.exitCode = 130;
             await cleanup();
           } catch (e) {
-            await host.kill(name).catch(() => undefined);
+            if (name) await host.kill(name).catch(() => undefined);
             await cleanup();
             throw e;
           } finally {

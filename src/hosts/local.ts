@@ -36,6 +36,9 @@ import { trace } from '../util/trace.js';
 
 const run = promisify(execFile);
 
+/** What the store records of a new VM. */
+type NewVmRecord = Parameters<Store['addVm']>[0];
+
 /** The store's name for this host. */
 export const LOCAL_HOST = 'local';
 
@@ -81,7 +84,7 @@ export interface ImportResult {
 export { sourceHypervisor } from '../guest/route.js';
 
 export class LocalHost {
-  readonly store: Store;
+  #store: Store | undefined;
   readonly dataDir: string;
   readonly #driver: QemuDriver;
   readonly #opts: LocalHostOptions;
@@ -91,8 +94,15 @@ export class LocalHost {
   constructor(opts: LocalHostOptions) {
     this.#opts = opts;
     this.dataDir = resolve(opts.dataDir);
-    this.store = Store.open(this.dataDir, { database: opts.database });
     this.#driver = new QemuDriver({ stateDir: join(this.dataDir, 'vms'), detached: true, pvpanic: true, accel: opts.accel });
+  }
+
+  /**
+   * The VM store, opened on first use: `run` starts QEMU before it needs the store, and opens
+   * it while QEMU sets the machine up (importAndStart).
+   */
+  get store(): Store {
+    return (this.#store ??= Store.open(this.dataDir, { database: this.#opts.database }));
   }
 
   /** Notices of the engine (a fall-back to software emulation, said once per start). */
@@ -111,6 +121,57 @@ export class LocalHost {
 
   /** Brings a VM into the store from any descriptor, package or exported folder. */
   async import(sourcePath: string, opts: ImportOptions = {}): Promise<ImportResult> {
+    const { record, notes, adaptation } = await this.#prepare(sourcePath, opts, { checkStore: true });
+    return { vm: this.#record(record), notes, adaptation };
+  }
+
+  /**
+   * `polyvisor run`'s import and start (paused) in one, in the order that shows the guest
+   * soonest: QEMU is spawned as soon as the VM's folder is ready, and the store is opened
+   * and written while QEMU sets the machine up (it needs about 0.1 s before it takes a
+   * command), not before. A name the store already holds is refused then: QEMU is killed
+   * and the folder removed, as for any failed import.
+   */
+  async importAndStart(sourcePath: string, opts: ImportOptions = {}): Promise<ImportResult> {
+    const { record, notes, adaptation } = await this.#prepare(sourcePath, opts, { checkStore: false });
+    trace('imported (folder ready)');
+    const name = record.name;
+    let recorded = false;
+    try {
+      const disks: Array<DiskAttachment | undefined> = record.spec.disks.map(() => undefined);
+      for (const d of record.disks) disks[d.index] = { path: d.path, format: d.format };
+      await this.#driver.define({ spec: record.spec, disks });
+      await this.#driver.start(name, {
+        paused: true,
+        whileStarting: () => {
+          this.#record(record);
+          recorded = true;
+          trace('store written');
+        },
+      });
+      this.store.setState(name, 'paused', { pid: this.#driver.pid(name), startedAt: new Date().toISOString() });
+      return { vm: this.store.getVm(name), notes, adaptation };
+    } catch (e) {
+      await this.#driver.kill(name).catch(() => undefined);
+      if (recorded) this.store.removeVm(name);
+      // the folder is this import's unless another VM of that name owns it
+      if (!this.store.findVm(name)) await rm(this.vmDir(name), { recursive: true, force: true }).catch(() => undefined);
+      await this.#stopServing(name);
+      throw e;
+    }
+  }
+
+  #record(r: NewVmRecord): StoredVm {
+    if (this.store.findVm(r.name)) throw new PolyvisorError('ERR_EXISTS', `a VM named ${r.name} already exists (choose another with --name)`);
+    return this.store.addVm(r);
+  }
+
+  /**
+   * An import up to the store: the VM's folder (overlays, copies, adaptation) under its final
+   * name, and the record to write. `checkStore`: refuse a name the store holds before doing
+   * anything (import); importAndStart checks when it writes the record.
+   */
+  async #prepare(sourcePath: string, opts: ImportOptions, how: { checkStore: boolean }): Promise<{ record: NewVmRecord; notes: ConversionNote[]; adaptation?: VmAdaptation }> {
     if (opts.copy && opts.persist) throw new PolyvisorError('ERR_USAGE', '--copy and --persist exclude each other');
     // the disk engine and the VM layer load only when a VM is imported: ps, start, stop and
     // console start faster without them
@@ -129,7 +190,7 @@ export class LocalHost {
     try {
       const name = opts.name ?? storeName(source.spec.name);
       checkVmName(name);
-      if (this.store.findVm(name)) throw new PolyvisorError('ERR_EXISTS', `a VM named ${name} already exists (choose another with --name)`);
+      if (how.checkStore && this.store.findVm(name)) throw new PolyvisorError('ERR_EXISTS', `a VM named ${name} already exists (choose another with --name)`);
       final = this.vmDir(name);
       // built under a temporary name and renamed at the end: a failed import leaves nothing
       dir = join(this.dataDir, 'vms', `.import-${name}-${process.pid}`);
@@ -167,8 +228,8 @@ export class LocalHost {
       if (nbd.length) await this.#serve(name, nbd);
       for (const img of opened.splice(0).filter((i) => !nbd.some((n) => n.image === i))) await img.close();
       const adaptation = opts.adapt === false ? undefined : await this.adapt(final, source.kind, spec, disks, opts.signal);
-      const vm = this.store.addVm({ name, uuid: spec.uuid ?? randomUUID(), host: LOCAL_HOST, source: resolve(sourcePath), sourceKind: source.kind, spec, disks });
-      return { vm, notes: source.notes, adaptation };
+      const record: NewVmRecord = { name, uuid: spec.uuid ?? randomUUID(), host: LOCAL_HOST, source: resolve(sourcePath), sourceKind: source.kind, spec, disks };
+      return { record, notes: source.notes, adaptation };
     } catch (e) {
       if (dir) await rm(dir, { recursive: true, force: true });
       else if (final && !this.store.findVm(opts.name ?? storeName(source.spec.name))) await rm(final, { recursive: true, force: true }).catch(() => undefined);
@@ -320,15 +381,19 @@ export class LocalHost {
       if (!opts.force) throw new PolyvisorError('ERR_VM_STATE', `${name} is ${vm.state}; stop it first, or use --force`);
       await this.kill(name);
     }
-    const served = this.#servers.get(name);
-    if (served) {
-      this.#servers.delete(name);
-      await served.server.close().catch(() => undefined);
-      for (const img of served.images) await img.close().catch(() => undefined);
-    }
+    await this.#stopServing(name);
     this.store.removeVm(name);
     await this.#driver.undefine(name).catch(() => undefined);
     await rm(this.vmDir(name), { recursive: true, force: true });
+  }
+
+  /** Ends the NBD server of a transient import, if it has one. */
+  async #stopServing(name: string): Promise<void> {
+    const served = this.#servers.get(name);
+    if (!served) return;
+    this.#servers.delete(name);
+    await served.server.close().catch(() => undefined);
+    for (const img of served.images) await img.close().catch(() => undefined);
   }
 
   /** Closes this process's connections; VMs keep running. */
@@ -339,7 +404,7 @@ export class LocalHost {
     }
     this.#servers.clear();
     await this.#driver.dispose();
-    this.store.close();
+    this.#store?.close();
   }
 }
 

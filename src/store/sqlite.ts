@@ -3,7 +3,8 @@
  * (./db.ts for the interface). Every command of the CLI and the server open the same file, so
  * they all see the same VMs.
  */
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
+import { createRequire } from 'node:module';
 import { PolyvisorError } from '../errors.js';
 import { checkParams, type Db, type SqlParam, type Statement, type TransactionMode } from './db.js';
 
@@ -15,7 +16,10 @@ export class SqliteDb implements Db {
   constructor(file: string) {
     this.location = file;
     try {
-      this.#db = new Database(file);
+      // loaded when a store opens, not with this module: `polyvisor run` loads the store's
+      // modules before it starts QEMU and opens the store while QEMU starts (../hosts/local.ts)
+      const open = createRequire(import.meta.url)('better-sqlite3') as typeof Database;
+      this.#db = new open(file);
       // WAL: readers (ps) never wait for a writer; busy_timeout: two commands at once wait their turn
       this.#db.pragma('journal_mode = WAL');
       // NORMAL: in WAL mode a commit is not synced to disk until a checkpoint; the store cannot

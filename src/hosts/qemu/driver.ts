@@ -189,8 +189,12 @@ export class QemuDriver implements HypervisorDriver {
     return true;
   }
 
-  /** `paused`: the guest's CPUs wait for resume() (attach a console first, then resume: no output is missed) */
-  async start(name: string, opts: { paused?: boolean } = {}): Promise<void> {
+  /**
+   * `paused`: the guest's CPUs wait for resume() (attach a console first, then resume: no
+   * output is missed). `whileStarting`: work for the time QEMU spends setting the machine up,
+   * between its spawn and its first QMP answer; if it throws, QEMU is killed.
+   */
+  async start(name: string, opts: { paused?: boolean; whileStarting?: () => void | Promise<void> } = {}): Promise<void> {
     const vm = this.#vm(name);
     if (vm.proc) throw new PolyvisorError('ERR_VM_STATE', `qemu: ${name} is already running`);
     const p = vm.paths;
@@ -227,6 +231,7 @@ export class QemuDriver implements HypervisorDriver {
     }
     trace('qemu: spawned');
     try {
+      await opts.whileStarting?.();
       vm.qmp = await this.#connect(vm, vm.paths.qmpSocket);
     } catch (e) {
       await this.#killProc(vm);

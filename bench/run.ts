@@ -11,7 +11,8 @@
  * guest's marker line; Polyvisor's overhead is the difference of the medians. Peak memory is
  * the Polyvisor process's own (VmHWM; QEMU is a separate process in both cases).
  *
- * The CLI starts from its bundle with V8's code cache (src/cli/main.ts), which the first run
+ * Polyvisor runs as users run it, through bin/polyvisor. The CLI starts from its bundle with
+ * V8's code cache (src/cli/main.cts), which the first run
  * after a build writes: one untimed run fills it first, and the first-run case, with an empty
  * cache folder each time, is measured as well.
  *
@@ -20,8 +21,7 @@
  * a second table measures only the part Polyvisor adds, with no guest boot in it: the time
  * from spawning the command to the moment the guest's CPUs are released. For Polyvisor, the
  * `resumed` step of its POLYVISOR_TRACE timeline (QMP `cont` answered); for bare QEMU, started
- * with -S, the time its QMP socket first answers (greeting read) — earlier than any tool could
- * release the CPUs, so the difference is an upper bound of Polyvisor's overhead.
+ * with -S, the time it answers a `cont` sent as soon as its QMP socket greets (see bareReady).
  *
  * Options (environment): BENCH_REPEAT (default 5), BENCH_START_REPEAT (default 15).
  */
@@ -34,26 +34,42 @@ import { fileURLToPath } from 'node:url';
 import { execFileSync } from 'node:child_process';
 import { buildTestGuest, GUEST_MARKER } from '../test/guests/build.js';
 
-const CLI = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
+const CLI = fileURLToPath(new URL('../../bin/polyvisor', import.meta.url));
 const DIR = resolve(process.env.BENCH_DIR ?? '.cache/bench', 'run');
 const REPEAT = Number(process.env.BENCH_REPEAT ?? 5);
 const START_REPEAT = Number(process.env.BENCH_START_REPEAT ?? 15);
 
-/** Bare QEMU started paused: ms from spawn until its QMP socket sends the greeting. */
+/**
+ * Bare QEMU started paused: ms from spawn until it has answered `cont`, sent the moment its
+ * QMP socket greets (with qmp_capabilities before it, as QMP requires). The greeting alone
+ * comes too early to compare with: QEMU greets from its monitor thread while the main thread
+ * is still setting the machine up, and answers commands only once that is done (about 80 ms
+ * later here), which is when a QEMU started without -S would release the CPUs by itself.
+ */
 function bareReady(args: string[], qmp: string): Promise<number> {
   return new Promise((resolvePromise, reject) => {
     rmSync(qmp, { force: true });
     const t0 = performance.now();
     const child = spawn('qemu-system-x86_64', [...args, '-S', '-qmp', `unix:${qmp},server=on,wait=off`], { stdio: 'ignore' });
-    const fail = setTimeout(() => (child.kill('SIGKILL'), reject(new Error('bare QEMU: no QMP greeting in 30 s'))), 30_000);
+    const fail = setTimeout(() => (child.kill('SIGKILL'), reject(new Error('bare QEMU: no answer to cont in 30 s'))), 30_000);
     const attempt = () => {
       const sock = createConnection({ path: qmp });
-      sock.once('data', () => {
-        const ms = performance.now() - t0;
-        clearTimeout(fail);
-        sock.destroy();
-        child.kill('SIGKILL');
-        child.once('exit', () => resolvePromise(ms));
+      let got = '';
+      let sent = false;
+      sock.on('data', (d: Buffer) => {
+        got += d.toString();
+        if (!sent && got.includes('\n')) {
+          sent = true;
+          sock.write('{"execute":"qmp_capabilities"}\n{"execute":"cont"}\n');
+        }
+        // the greeting, then one "return" per command
+        if (sent && (got.match(/"return"/g) ?? []).length >= 2) {
+          const ms = performance.now() - t0;
+          clearTimeout(fail);
+          sock.destroy();
+          child.kill('SIGKILL');
+          child.once('exit', () => resolvePromise(ms));
+        }
       });
       sock.once('error', () => setTimeout(attempt, 1));
     };
@@ -65,7 +81,7 @@ function bareReady(args: string[], qmp: string): Promise<number> {
 function polyvisorResumed(args: string[], env: NodeJS.ProcessEnv): Promise<number> {
   return new Promise((resolvePromise, reject) => {
     const t0 = performance.now();
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...env, POLYVISOR_TRACE: '1' } });
+    const child = spawn(CLI, args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...env, POLYVISOR_TRACE: '1' } });
     let err = '';
     let ms: number | undefined;
     child.stderr.on('data', (d: Buffer) => {
@@ -149,20 +165,20 @@ async function main(): Promise<void> {
   const env = { ...process.env, POLYVISOR_DATA: join(DIR, 'data'), XDG_CACHE_HOME: cache };
   const cases: Array<{ label: string; cmd: string; args: string[]; env?: () => NodeJS.ProcessEnv }> = [
     { label: 'qemu-system-x86_64 (bare)', cmd: 'qemu-system-x86_64', args: bare },
-    { label: 'polyvisor run --accel tcg', cmd: process.execPath, args: [CLI, 'run', cfg, '--accel', 'tcg'] },
+    { label: 'polyvisor run --accel tcg', cmd: CLI, args: ['run', cfg, '--accel', 'tcg'] },
     {
       label: 'polyvisor run --accel tcg, first run after a build (no code cache)',
-      cmd: process.execPath,
-      args: [CLI, 'run', cfg, '--accel', 'tcg'],
+      cmd: CLI,
+      args: ['run', cfg, '--accel', 'tcg'],
       env: () => {
         const empty = join(DIR, `cache-empty-${Math.random().toString(36).slice(2)}`);
         return { ...env, XDG_CACHE_HOME: empty };
       },
     },
-    { label: 'polyvisor run (probes KVM first)', cmd: process.execPath, args: [CLI, 'run', cfg] },
+    { label: 'polyvisor run (probes KVM first)', cmd: CLI, args: ['run', cfg] },
   ];
   // the first run after a build writes the code cache: not timed
-  await measure(process.execPath, [CLI, 'run', cfg, '--accel', 'tcg'], env);
+  await measure(CLI, ['run', cfg, '--accel', 'tcg'], env);
   const results: Record<string, Sample[]> = {};
   // interleaved, so that a slow moment of the machine hits every case alike
   for (let i = 0; i < REPEAT; i++) {
@@ -191,14 +207,14 @@ async function main(): Promise<void> {
   const start: Record<string, number[]> = { bare: [], run: [] };
   for (let i = 0; i < START_REPEAT; i++) {
     start.bare!.push(await bareReady(bare, qmp));
-    start.run!.push(await polyvisorResumed([CLI, 'run', cfg, '--accel', 'tcg'], env));
+    start.run!.push(await polyvisorResumed(['run', cfg, '--accel', 'tcg'], env));
   }
   const bareMs = Math.round(median(start.bare!));
   const runMs = Math.round(median(start.run!));
   console.log(`\nspawn → the guest's CPUs released, medians of ${START_REPEAT} (no guest boot in these figures)\n`);
   console.log('| command | CPUs released | overhead |');
   console.log('| --- | --- | --- |');
-  console.log(`| qemu-system-x86_64 -S (bare; QMP greeting) | ${bareMs} ms | |`);
+  console.log(`| qemu-system-x86_64 -S (bare; QMP cont answered) | ${bareMs} ms | |`);
   console.log(`| polyvisor run --accel tcg (QMP cont answered) | ${runMs} ms | ${runMs - bareMs} ms |`);
   writeFileSync(resolve('bench', 'run-results.json'), JSON.stringify({ date: new Date().toISOString(), repeat: REPEAT, rows, samples: results, start: { repeat: START_REPEAT, bareMs, runMs, overheadMs: runMs - bareMs, samples: start } }, null, 2) + '\n');
 }

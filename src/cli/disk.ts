@@ -131,7 +131,7 @@ export function diskCommand(): Command {
       if (o.options.includes('help')) return out(optionHelp(o.outputFormat));
       const started = Date.now();
       await withImage(src, { format: o.format, allowOutsidePaths: o.allowOutsidePaths }, async (img) => {
-        const progress = createProgress(!!o.progress, 'convert');
+        const progress = await createProgress(!!o.progress, 'convert');
         try {
           const result = await withSignal((signal) =>
             convert(img, dst, o.outputFormat, {
@@ -233,7 +233,7 @@ export function diskCommand(): Command {
       process.exitCode = 2; // any error from here on is "2", as qemu-img compare
       await withImage(a, { format: o.format, allowOutsidePaths: o.allowOutsidePaths }, (ia) =>
         withImage(b, { format: o.formatB, allowOutsidePaths: o.allowOutsidePaths }, async (ib) => {
-          const progress = createProgress(!!o.progress, 'compare');
+          const progress = await createProgress(!!o.progress, 'compare');
           const r = await withSignal((signal) => compareImages(ia, ib, { strict: !!o.strict, signal, onProgress: (d, t) => progress.update(d, t) }));
           progress.stop();
           if (o.json) out(JSON.stringify(r, null, 2));

@@ -1,8 +1,10 @@
 /**
  * Progress for long work (`-p`): a bar on a terminal (cli-progress), or a line per 10% when
  * standard error is a pipe or a log, so that CI logs stay readable.
+ *
+ * cli-progress (and Node's readline, which it loads) is loaded only when a bar is drawn: this
+ * module is on every command's path, `polyvisor run`'s included (BENCHMARKS.md).
  */
-import cliProgress from 'cli-progress';
 import { formatSize } from '../util/size.js';
 
 export interface Progress {
@@ -12,9 +14,10 @@ export interface Progress {
 
 const NONE: Progress = { update() {}, stop() {} };
 
-export function createProgress(enabled: boolean, label: string): Progress {
+export async function createProgress(enabled: boolean, label: string): Promise<Progress> {
   if (!enabled) return NONE;
   if (process.stderr.isTTY) {
+    const { default: cliProgress } = await import('cli-progress');
     const bar = new cliProgress.SingleBar(
       {
         format: `${label} [{bar}] {percentage}% | {doneSize} / {totalSize} | ETA {eta_formatted}`,

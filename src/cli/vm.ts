@@ -43,7 +43,7 @@ export function vmCommand(): Command {
         if (o.verify) {
           const pkg = PACKAGES.find((p) => p.name === s.kind);
           if (pkg?.verify) {
-            const progress = createProgress(!process.stdout.isTTY ? false : true, 'verify');
+            const progress = await createProgress(!process.stdout.isTTY ? false : true, 'verify');
             const v = await withSignal((signal) => pkg.verify!(path, { signal, onProgress: (d, t) => progress.update(d, t) })).finally(() => progress.stop());
             if (!o.json) out(`verified ${v.verified} checksums in ${path}`);
           }
@@ -97,7 +97,7 @@ export function vmCommand(): Command {
     .option('--allow-outside-paths', "follow disk files outside the descriptor's folder")
     .action(async (path: string, o) => {
       await withSource(path, { allowOutsidePaths: o.allowOutsidePaths }, async (s) => {
-        const progress = createProgress(!!o.progress, 'convert');
+        const progress = await createProgress(!!o.progress, 'convert');
         const r = await withSignal((signal) =>
           convertVm(s, o.to, o.out, {
             diskFormat: o.diskFormat,
@@ -138,7 +138,7 @@ export function vmCommand(): Command {
       const o = cmd.optsWithGlobals();
       const host = await openEstate(o);
       try {
-        const progress = createProgress(!!o.progress, 'import');
+        const progress = await createProgress(!!o.progress, 'import');
         const r = await withSignal((signal) =>
           host.import(path, { host: o.host, name: o.name, adapt: o.adapt, copy: !!o.copy, persist: !!o.persist, allowOutsidePaths: o.allowOutsidePaths, signal, onProgress: (d, t) => progress.update(d, t) }),
         ).finally(() => progress.stop());

@@ -12,7 +12,8 @@
  * answering), and every such failure is an ERR_IO naming the database by its URL without its
  * password.
  */
-import { MessageChannel, receiveMessageOnPort, Worker, type MessagePort } from 'node:worker_threads';
+import type { MessagePort, Worker } from 'node:worker_threads';
+import { workerThreads as threads } from '../util/builtins.js';
 import { PolyvisorError } from '../errors.js';
 
 export type PgParam = string | number | bigint | null;
@@ -107,6 +108,7 @@ export class PgSync {
     this.#opts = { connectTimeoutMs: opts.connectTimeoutMs ?? 10_000, queryTimeoutMs: opts.queryTimeoutMs ?? 30_000, lockTimeoutMs: opts.lockTimeoutMs ?? 5000 };
     const signal = new SharedArrayBuffer(4);
     this.#counter = new Int32Array(signal);
+    const { MessageChannel, Worker } = threads();
     const { port1, port2 } = new MessageChannel();
     this.#port = port1;
     const workerData: PgWorkerData = { url, port: port2, signal, ...this.#opts };
@@ -180,6 +182,7 @@ export class PgSync {
       if (now === last) continue;
       last = now;
       // answers to requests given up on earlier may come first: drop them
+      const { receiveMessageOnPort } = threads();
       for (let m = receiveMessageOnPort(this.#port); m; m = receiveMessageOnPort(this.#port)) {
         const a = m.message as PgAnswer;
         if (a.id === req.id) return a;

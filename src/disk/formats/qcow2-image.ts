@@ -3,7 +3,6 @@
  * metadata and append-only allocation, flushes L2 tables, L1, refcounts and header.
  * See qcow2.ts for the format overview and qcow2.txt for the structures.
  */
-import { constants as zc, deflateRawSync, inflateRawSync } from 'node:zlib';
 import { PolyvisorError, hex } from '../../errors.js';
 import { checkRange, readBacking } from '../backing.js';
 import type { BackingRef, BlockImage, CheckResult, Extent } from '../image.js';
@@ -27,6 +26,7 @@ import {
   type Qcow2Header,
 } from './qcow2-header.js';
 import { Refcounts } from './qcow2-refcount.js';
+import { zlib } from '../../util/builtins.js';
 
 /** L2 tables kept in memory, whatever the cluster size. */
 const L2_CACHE_BYTES = 64 << 20;
@@ -245,7 +245,7 @@ export class Qcow2Image implements BlockImage {
     try {
       // Z_SYNC_FLUSH: the stored size is rounded to sectors, so the stream may end early or
       // be followed by another cluster's bytes; what matters is exactly one cluster of output.
-      out = inflateRawSync(raw, { maxOutputLength: this.#cs, finishFlush: zc.Z_SYNC_FLUSH });
+      out = zlib().inflateRawSync(raw, { maxOutputLength: this.#cs, finishFlush: zlib().constants.Z_SYNC_FLUSH });
     } catch (e) {
       const tooBig = (e as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE';
       throw new PolyvisorError('ERR_CORRUPT', tooBig ? `L2 entry ${i}: compressed cluster at ${hex(host)} inflates past the ${this.#cs}-byte cluster size` : `L2 entry ${i}: compressed cluster at ${hex(host)} is not valid deflate data`, { file: this.path, structure: 'L2 table', offset: slot.host + i * 8, cause: e });
@@ -542,7 +542,7 @@ export class Qcow2Image implements BlockImage {
 
     if (this.#compress) {
       // qemu inflates with a 4 KiB window, so compress with one
-      const z = deflateRawSync(data, { windowBits: 12 });
+      const z = zlib().deflateRawSync(data, { windowBits: 12 });
       if (z.length < cs) {
         const where = this.#placeCompressed(z.length);
         segs.push({ host: where, data: z });

@@ -12,12 +12,12 @@
  *   parallel on libuv's thread pool, then GTs, GD, footer and end-of-stream marker.
  */
 import { promisify } from 'node:util';
-import { deflate as deflateCb, inflate as inflateCb } from 'node:zlib';
 import { PolyvisorError, hex } from '../../errors.js';
 import { alignUp, isZero, type ImageFile } from '../io.js';
+import { zlib } from '../../util/builtins.js';
 
-const deflate = promisify(deflateCb);
-const inflate = promisify(inflateCb);
+const deflate = (data: Buffer | Uint8Array, opts?: import('node:zlib').ZlibOptions): Promise<Buffer> => promisify(zlib().deflate)(data, opts ?? {});
+const inflate = (data: Buffer | Uint8Array, opts?: import('node:zlib').ZlibOptions): Promise<Buffer> => promisify(zlib().inflate)(data, opts ?? {});
 
 export const SECTOR = 512;
 export const KDMV = Buffer.from('KDMV', 'latin1');

@@ -22,7 +22,6 @@ import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
-import { deflateSync } from 'node:zlib';
 import { PolyvisorError } from '../../errors.js';
 import type { ConversionNote } from '../../vm/codec.js';
 import type { DefineInput, DriverCapabilities, HypervisorDriver, StopOptions, StopResult, VmListEntry, VmState } from '../driver.js';
@@ -31,6 +30,7 @@ import { kvmWorks } from './kvm.js';
 import { qemuAlive, whenGone } from './process.js';
 import { QmpClient } from './qmp.js';
 import { trace } from '../../util/trace.js';
+import { zlib } from '../../util/builtins.js';
 
 export interface QemuDriverOptions extends ArgvOptions {
   /** where per-VM sockets, logs and variable stores live; default a new folder under the OS temp dir */
@@ -527,7 +527,7 @@ export function ppmToPng(ppm: Buffer, file = 'screendump'): Buffer {
   return Buffer.concat([
     Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
     chunk('IHDR', ihdr),
-    chunk('IDAT', deflateSync(raw)),
+    chunk('IDAT', zlib().deflateSync(raw)),
     chunk('IEND', Buffer.alloc(0)),
   ]);
 }

@@ -16,7 +16,7 @@
  * CommonJS (.cts), unlike the rest: Node starts a CommonJS entry without setting up its ES
  * module loader, a few milliseconds of every command's start.
  */
-import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, type Stats } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, writeSync, type Stats } from 'node:fs';
 import { createRequire } from 'node:module';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -90,7 +90,12 @@ async function runBundle(info: Stats): Promise<void> {
 
 /** as ../util/trace.ts, which this file does not load: it must stay one small module */
 function trace(step: string): void {
-  if (process.env.POLYVISOR_TRACE === '1') process.stderr.write(`polyvisor: trace +${performance.now().toFixed(1)} ms ${step}\n`);
+  if (process.env.POLYVISOR_TRACE !== '1') return;
+  try {
+    writeSync(2, `polyvisor: trace +${performance.now().toFixed(1)} ms ${step}\n`);
+  } catch {
+    // a full or closed pipe
+  }
 }
 
 async function start(): Promise<void> {

@@ -146,10 +146,10 @@ export class LocalHost {
         whileStarting: () => {
           this.#record(record);
           recorded = true;
+          this.store.setState(name, 'paused', { pid: this.#driver.pid(name), startedAt: new Date().toISOString() });
           trace('store written');
         },
       });
-      this.store.setState(name, 'paused', { pid: this.#driver.pid(name), startedAt: new Date().toISOString() });
       return { vm: this.store.getVm(name), notes, adaptation };
     } catch (e) {
       await this.#driver.kill(name).catch(() => undefined);

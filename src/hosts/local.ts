@@ -122,21 +122,22 @@ export class LocalHost {
   /** Brings a VM into the store from any descriptor, package or exported folder. */
   async import(sourcePath: string, opts: ImportOptions = {}): Promise<ImportResult> {
     const { record, notes, adaptation } = await this.#prepare(sourcePath, opts, { checkStore: true });
-    return { vm: this.#record(record), notes, adaptation };
+    return { vm: this.store.addVm(record), notes, adaptation };
   }
 
   /**
    * `polyvisor run`'s import and start (paused) in one, in the order that shows the guest
    * soonest: QEMU is spawned as soon as the VM's folder is ready, and the store is opened
    * and written while QEMU sets the machine up (it needs about 0.1 s before it takes a
-   * command), not before. A name the store already holds is refused then: QEMU is killed
-   * and the folder removed, as for any failed import.
+   * command), not before. A name the store already holds (a VM on another host: a local one
+   * owns its folder, which the import could not have taken) is refused then, by the store's
+   * own unique name: QEMU is killed and the folder removed, as for any failed import.
    */
   async importAndStart(sourcePath: string, opts: ImportOptions = {}): Promise<ImportResult> {
     const { record, notes, adaptation } = await this.#prepare(sourcePath, opts, { checkStore: false });
     trace('imported (folder ready)');
     const name = record.name;
-    let recorded = false;
+    let vm: StoredVm | undefined;
     try {
       const disks: Array<DiskAttachment | undefined> = record.spec.disks.map(() => undefined);
       for (const d of record.disks) disks[d.index] = { path: d.path, format: d.format };
@@ -144,26 +145,19 @@ export class LocalHost {
       await this.#driver.start(name, {
         paused: true,
         whileStarting: () => {
-          this.#record(record);
-          recorded = true;
-          this.store.setState(name, 'paused', { pid: this.#driver.pid(name), startedAt: new Date().toISOString() });
+          vm = this.store.addVm({ ...record, state: 'paused', pid: this.#driver.pid(name), startedAt: new Date().toISOString() });
           trace('store written');
         },
       });
-      return { vm: this.store.getVm(name), notes, adaptation };
+      return { vm: vm!, notes, adaptation };
     } catch (e) {
       await this.#driver.kill(name).catch(() => undefined);
-      if (recorded) this.store.removeVm(name);
-      // the folder is this import's unless another VM of that name owns it
-      if (!this.store.findVm(name)) await rm(this.vmDir(name), { recursive: true, force: true }).catch(() => undefined);
+      if (vm) this.store.removeVm(name);
+      // the folder is this run's: the import renamed it into place
+      await rm(this.vmDir(name), { recursive: true, force: true }).catch(() => undefined);
       await this.#stopServing(name);
       throw e;
     }
-  }
-
-  #record(r: NewVmRecord): StoredVm {
-    if (this.store.findVm(r.name)) throw new PolyvisorError('ERR_EXISTS', `a VM named ${r.name} already exists (choose another with --name)`);
-    return this.store.addVm(r);
   }
 
   /**

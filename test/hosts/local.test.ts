@@ -272,6 +272,27 @@ describe('the store without booting', () => {
     }
   });
 
+  test('run: a name another host\'s VM holds is refused once QEMU has started: QEMU killed, folder removed, that VM kept', async (t) => {
+    const dir = await tempDir(t);
+    const data = join(dir, 'data');
+    const { cfg } = await guestFolder(dir, 'first');
+    const host = new LocalHost({ dataDir: data, accel: 'tcg' });
+    try {
+      await host.import(cfg);
+      const { createdAt: _c, updatedAt: _u, state: _s, ...first } = host.store.getVm('first');
+      // a VM of a remote host has no folder here, so nothing stops the import before the store
+      host.store.addVm({ ...first, name: 'taken', host: 'xen7', disks: [] });
+      await assert.rejects(host.importAndStart(cfg, { name: 'taken', transient: true, adapt: false }), (e) => isPolyvisorError(e, 'ERR_EXISTS'));
+      assert.equal(host.store.getVm('taken').host, 'xen7');
+      assert.equal(existsSync(join(data, 'vms', 'taken')), false);
+      const left = spawnSync('pgrep', ['-f', join(data, 'vms', 'taken')], { encoding: 'utf8' });
+      assert.equal(left.stdout.trim(), '', 'no QEMU of the refused run is left');
+      assert.deepEqual(host.list().map((v) => v.name), ['first']);
+    } finally {
+      await host.close();
+    }
+  });
+
   test('a store from a newer Polyvisor is refused, not damaged', async (t) => {
     const dir = await tempDir(t);
     const s = Store.open(dir);

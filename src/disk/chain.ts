@@ -153,6 +153,11 @@ export interface CreateImageOptions {
   /** backing file name to record (relative names are relative to the new image's folder) */
   backingFile?: string;
   backingFormat?: string;
+  /**
+   * The backing file, already open (a caller that has just probed it): the new image takes
+   * it over, closing it when it is closed, instead of opening the file again.
+   */
+  backingImage?: BlockImage;
   allowOutsidePaths?: boolean;
   cache?: CacheMode;
   /** the name the image will have when complete (default: path); see CreateContext.finalPath */
@@ -166,17 +171,25 @@ export interface CreateImageOptions {
  * backing file gives it. The file must not exist.
  */
 export async function createImage(path: string, formatName: string, size: number | undefined, opts: CreateImageOptions = {}): Promise<BlockImage> {
-  const format = findFormat(formatName);
-  if (!format.capabilities.write) throw new PolyvisorError('ERR_UNSUPPORTED', `${format.name} images cannot be created`, { file: path });
-  const options = parseCreateOptions(format, opts.options);
-  let backing: { name: string; format: string; image: BlockImage } | undefined;
-  if (opts.backingFile !== undefined) {
-    if (!format.capabilities.backing) {
+  let format: DiskFormat;
+  let options: Record<string, string>;
+  try {
+    format = findFormat(formatName);
+    if (!format.capabilities.write) throw new PolyvisorError('ERR_UNSUPPORTED', `${format.name} images cannot be created`, { file: path });
+    options = parseCreateOptions(format, opts.options);
+    if (opts.backingFile !== undefined && !format.capabilities.backing) {
       throw new PolyvisorError('ERR_UNSUPPORTED', `${format.name} images cannot have a backing file`, { file: path });
     }
+  } catch (e) {
+    // a backing image handed over is this function's to close, whatever happens
+    await opts.backingImage?.close();
+    throw e;
+  }
+  let backing: { name: string; format: string; image: BlockImage } | undefined;
+  if (opts.backingFile !== undefined) {
     // The user named this file: the folder rule applies to what images record, not to it.
     const backingPath = isAbsolute(opts.backingFile) ? opts.backingFile : resolve(dirname(resolve(path)), opts.backingFile);
-    const image = await openImage(backingPath, { format: opts.backingFormat, allowOutsidePaths: opts.allowOutsidePaths });
+    const image = opts.backingImage ?? (await openImage(backingPath, { format: opts.backingFormat, allowOutsidePaths: opts.allowOutsidePaths }));
     backing = { name: opts.backingFile, format: image.format, image };
   }
   const virtualSize = size ?? backing?.image.virtualSize;

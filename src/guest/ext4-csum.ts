@@ -22,7 +22,10 @@ export function crc32cU32(seed: number, value: number): number {
   return crc32cUpdate(seed, b);
 }
 
-const CRC16_TABLE: Uint16Array = (() => {
+/** Built on first use rather than when the module loads (see vhdx-structs.ts's CRC-32C tables). */
+let crc16Table: Uint16Array | undefined;
+
+function buildCrc16Table(): Uint16Array {
   const t = new Uint16Array(256);
   for (let n = 0; n < 256; n++) {
     let c = n;
@@ -30,11 +33,12 @@ const CRC16_TABLE: Uint16Array = (() => {
     t[n] = c;
   }
   return t;
-})();
+}
 
 /** The kernel's crc16() (lib/crc16.c): continues `crc` over `buf`. */
 export function crc16(crc: number, buf: Uint8Array): number {
+  const table = (crc16Table ??= buildCrc16Table());
   let c = crc & 0xffff;
-  for (let i = 0; i < buf.length; i++) c = (c >>> 8) ^ CRC16_TABLE[(c ^ buf[i]!) & 0xff]!;
+  for (let i = 0; i < buf.length; i++) c = (c >>> 8) ^ table[(c ^ buf[i]!) & 0xff]!;
   return c;
 }

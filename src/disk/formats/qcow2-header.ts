@@ -105,6 +105,9 @@ export function isQcow2Head(head: Uint8Array): boolean {
   return b.readUInt32BE(0) === QCOW2_MAGIC && (v === 2 || v === 3);
 }
 
+/** How much of an image's start readHeader reads at once. */
+const HEAD_READ = 64 * 1024;
+
 /**
  * Reads and validates the header, its extensions and the backing file name. Feature bits
  * are decoded but not judged here (see `unsupportedFeature`); table offsets are checked by
@@ -112,7 +115,13 @@ export function isQcow2Head(head: Uint8Array): boolean {
  */
 export async function readHeader(file: ImageFile): Promise<Qcow2Header> {
   const path = file.path;
-  const fixed = await file.readStructure(0, V2_HEADER_LENGTH, 'qcow2 header');
+  // One read of the file's start serves every structure below when the header cluster is at
+  // most HEAD_READ bytes (it is 64 KiB by default): each read is a round trip to the thread
+  // pool, and an image is opened on the way to every VM start.
+  const head = await file.readStructure(0, Math.min(HEAD_READ, file.size), 'qcow2 header');
+  const read = (offset: number, length: number, structure: string): Promise<Buffer> | Buffer =>
+    offset + length <= head.length ? head.subarray(offset, offset + length) : file.readStructure(offset, length, structure);
+  const fixed = await read(0, V2_HEADER_LENGTH, 'qcow2 header');
   if (fixed.readUInt32BE(0) !== QCOW2_MAGIC) throw corrupt(path, 'bad magic: not a qcow2 image');
   const version = fixed.readUInt32BE(4);
   if (version === 1) throw new PolyvisorError('ERR_UNSUPPORTED', 'qcow version 1 images are not supported (only qcow2 versions 2 and 3)', { file: path, structure: 'qcow2 header', offset: 4 });
@@ -125,13 +134,13 @@ export async function readHeader(file: ImageFile): Promise<Qcow2Header> {
   let headerLength = V2_HEADER_LENGTH;
   let raw = fixed;
   if (version === 3) {
-    const v3 = await file.readStructure(0, V3_MIN_HEADER_LENGTH, 'qcow2 version 3 header');
+    const v3 = await read(0, V3_MIN_HEADER_LENGTH, 'qcow2 version 3 header');
     headerLength = v3.readUInt32BE(100);
     if (headerLength < V3_MIN_HEADER_LENGTH || headerLength % 8 !== 0) {
       throw corrupt(path, `header_length ${headerLength} must be at least ${V3_MIN_HEADER_LENGTH} and a multiple of 8`, 'qcow2 header', 100);
     }
     if (headerLength > cs) throw corrupt(path, `header_length ${headerLength} is larger than the ${cs}-byte header cluster`, 'qcow2 header', 100);
-    raw = await file.readStructure(0, headerLength, 'qcow2 version 3 header');
+    raw = await read(0, headerLength, 'qcow2 version 3 header');
   }
 
   const h: Qcow2Header = {
@@ -163,14 +172,14 @@ export async function readHeader(file: ImageFile): Promise<Qcow2Header> {
   // The rest of the header cluster holds the extensions and the backing file name. A file
   // shorter than one cluster is allowed (the header cluster is then zero-padded).
   const clusterLen = Math.min(cs, file.size);
-  const cluster = await file.readStructure(0, clusterLen, 'qcow2 header cluster');
+  const cluster = await read(0, clusterLen, 'qcow2 header cluster');
 
   if (h.backingFileOffset !== 0) {
     if (h.backingFileSize > MAX_BACKING_NAME) throw corrupt(path, `backing_file_size ${h.backingFileSize} exceeds ${MAX_BACKING_NAME} bytes`, 'qcow2 header', 16);
     if (h.backingFileOffset < headerLength || h.backingFileOffset + h.backingFileSize > cs) {
       throw corrupt(path, `backing file name at ${hex(h.backingFileOffset)} (${h.backingFileSize} bytes) is not inside the header cluster`, 'qcow2 header', 8);
     }
-    const name = await file.readStructure(h.backingFileOffset, h.backingFileSize, 'backing file name');
+    const name = await read(h.backingFileOffset, h.backingFileSize, 'backing file name');
     h.backingFile = name.toString('utf8');
   }
 

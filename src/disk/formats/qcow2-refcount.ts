@@ -190,14 +190,7 @@ export class Refcounts {
 
   /** Writes dirty blocks and the table. Call after settle(). */
   async write(file: ImageFile): Promise<void> {
-    // entries for blocks that got a home while the table was too small
-    for (const [idx, b] of this.#blocks) {
-      if (b.host !== 0 && this.table[idx] !== b.host) {
-        this.table[idx] = b.host;
-        this.tableDirty = true;
-      }
-    }
-    const dirty = [...this.#blocks.values()].filter((b) => b.dirty && b.host !== 0).sort((a, b) => a.host - b.host);
+    const dirty = this.#dirtyBlocks();
     let i = 0;
     while (i < dirty.length) {
       // contiguous blocks go out in one vectored write
@@ -208,17 +201,52 @@ export class Refcounts {
       i = j;
     }
     if (this.tableDirty) {
-      const buf = Buffer.alloc(this.tableClusters * this.clusterSize);
-      for (let k = 0; k < this.table.length; k++) {
-        const v = this.table[k]!;
-        if (v !== 0) {
-          buf.writeUInt32BE(Math.floor(v / TWO32), k * 8);
-          buf.writeUInt32BE(v % TWO32, k * 8 + 4);
-        }
-      }
-      await file.writeAt(buf, this.tableOffset);
+      await file.writeAt(this.#tableBuffer(), this.tableOffset);
       this.tableDirty = false;
     }
+  }
+
+  /**
+   * Copies dirty blocks and the table into `image`, an image being built in memory from
+   * offset 0 (a new image's metadata goes out in one write: see qcow2.ts). Call after settle().
+   */
+  writeInto(image: Buffer): void {
+    for (const b of this.#dirtyBlocks()) {
+      b.buf.copy(image, b.host);
+      b.dirty = false;
+    }
+    if (this.tableDirty) {
+      this.#tableBuffer().copy(image, this.tableOffset);
+      this.tableDirty = false;
+    }
+  }
+
+  /** Dirty blocks that have a cluster, by host offset; table entries made current first. */
+  #dirtyBlocks(): RefcountBlock[] {
+    // entries for blocks that got a home while the table was too small
+    for (const [idx, b] of this.#blocks) {
+      if (b.host !== 0 && this.table[idx] !== b.host) {
+        this.table[idx] = b.host;
+        this.tableDirty = true;
+      }
+    }
+    return [...this.#blocks.values()].filter((b) => b.dirty && b.host !== 0).sort((a, b) => a.host - b.host);
+  }
+
+  #tableBuffer(): Buffer {
+    const buf = Buffer.alloc(this.tableClusters * this.clusterSize);
+    // Only blocks have entries (load() and settle() set an entry for a block alone), so the
+    // entries are written by walking the few blocks, not the table: a new image's table has
+    // 8192 slots, and a loop over them in code not yet optimised took milliseconds of
+    // `polyvisor run`'s start.
+    for (const idx of this.#blocks.keys()) {
+      const v = this.table[idx] ?? 0;
+      if (v !== 0) {
+        buf.writeUInt32BE(Math.floor(v / TWO32), idx * 8);
+        buf.writeUInt32BE(v % TWO32, idx * 8 + 4);
+      }
+    }
+    return buf;
   }
 }
 

@@ -7,8 +7,8 @@
  *   192 KiB region table 1, 256 KiB region table 2 (64 KiB each, CRC-32C)        2.2.3
  *   1 MiB.. log, metadata region, BAT region and blocks, anywhere on 1 MiB      2.3-2.6
  */
-import { randomUUID } from 'node:crypto';
 import { PolyvisorError, hex } from '../../errors.js';
+import { crypto } from '../../util/builtins.js';
 
 export const KiB = 1024;
 export const MiB = 1024 * KiB;
@@ -72,7 +72,7 @@ export function guidText(b: Uint8Array): string {
 }
 
 export function newGuid(): Buffer {
-  return guidFromText(randomUUID());
+  return guidFromText(crypto().randomUUID());
 }
 
 export function isZeroGuid(b: Uint8Array): boolean {
@@ -98,9 +98,12 @@ export const VHDX_LOCATOR_TYPE_GUID = guidFromText('B04AEFB7-D19E-4A81-B789-25B8
 /**
  * CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), as every VHDX checksum uses
  * (2.2.2, 2.2.3, 2.3.1.1). Node has none built in; slice-by-4 tables keep metadata and log
- * checks cheap.
+ * checks cheap. Built on first use, not when the module loads: every command loads the disk
+ * formats, and building them in code not yet optimised takes a millisecond or two.
  */
-const CRC_TABLES: Uint32Array[] = (() => {
+let crcTables: [Uint32Array, Uint32Array, Uint32Array, Uint32Array] | undefined;
+
+function buildCrcTables(): [Uint32Array, Uint32Array, Uint32Array, Uint32Array] {
   const t0 = new Uint32Array(256);
   for (let n = 0; n < 256; n++) {
     let c = n;
@@ -114,12 +117,12 @@ const CRC_TABLES: Uint32Array[] = (() => {
     for (let n = 0; n < 256; n++) t[n] = (t0[prev[n]! & 0xff]! ^ (prev[n]! >>> 8)) >>> 0;
     tables.push(t);
   }
-  return tables;
-})();
+  return tables as [Uint32Array, Uint32Array, Uint32Array, Uint32Array];
+}
 
 /** Continues a CRC-32C over `buf`. Start with 0xffffffff; finish with `^ 0xffffffff`. */
 export function crc32cUpdate(crc: number, buf: Uint8Array): number {
-  const [t0, t1, t2, t3] = CRC_TABLES as [Uint32Array, Uint32Array, Uint32Array, Uint32Array];
+  const [t0, t1, t2, t3] = (crcTables ??= buildCrcTables());
   let c = crc >>> 0;
   let i = 0;
   const n = buf.length;

@@ -5,7 +5,6 @@
  * the image last; abort() removes them all. A failed or interrupted run therefore leaves
  * no half-written destination, and never overwrites a file without `force`.
  */
-import { randomBytes } from 'node:crypto';
 import { open, rename, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { PolyvisorError, fromSystemError } from '../errors.js';
@@ -13,6 +12,7 @@ import { companionPath, createImage, type CreateImageOptions } from './chain.js'
 import type { CacheMode } from './format.js';
 import type { BlockImage } from './image.js';
 import { ImageFile } from './io.js';
+import { crypto } from '../util/builtins.js';
 
 export interface Output {
   image: BlockImage;
@@ -29,7 +29,7 @@ export interface OutputOptions extends CreateImageOptions {
   force?: boolean;
 }
 
-const tmpName = (final: string) => join(dirname(final), `.${basename(final)}.${randomBytes(4).toString('hex')}.pv-partial`);
+const tmpName = (final: string) => join(dirname(final), `.${basename(final)}.${crypto().randomBytes(4).toString('hex')}.pv-partial`);
 
 async function exists(path: string): Promise<boolean> {
   try {

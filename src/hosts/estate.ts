@@ -14,8 +14,6 @@
  * domain booted by pygrub, the way the xl driver runs guests on hosts without VT-x. The
  * manifest stays in the data folder, hosts/HOST/NAME/adapt.manifest.json, while the VM is there.
  */
-import { randomUUID } from 'node:crypto';
-import { randomBytes } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
@@ -27,6 +25,7 @@ import type { VmSpec } from '../vm/spec.js';
 import type { DiskAttachment, StopResult } from './driver.js';
 import { LOCAL_HOST, LocalHost, type ImportResult, type LocalHostOptions } from './local.js';
 import type { XenDriver } from './xen/driver.js';
+import { crypto } from '../util/builtins.js';
 
 /** Host names: what the store and messages use (the local engine is "local"). */
 const HOST_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -103,7 +102,7 @@ export class Estate {
       if (this.store.findVm(name)) throw new PolyvisorError('ERR_EXISTS', `a VM named ${name} already exists (choose another with --name)`);
       const spec = { ...(await withHostBootFiles(src, { allowOutsidePaths: opts.allowOutsidePaths })), name };
       const r = await this.#defineOnXen(driver, host, { ...src, spec }, sourceHypervisor(src.kind, src.spec), opts);
-      const vm = this.store.addVm({ name, uuid: spec.uuid ?? randomUUID(), host, source, sourceKind: src.kind, spec: r.spec, disks: r.disks });
+      const vm = this.store.addVm({ name, uuid: spec.uuid ?? crypto().randomUUID(), host, source, sourceKind: src.kind, spec: r.spec, disks: r.disks });
       return { vm, notes: [...src.notes, ...r.notes], adaptation: r.adaptation };
     } finally {
       await src.close();
@@ -143,7 +142,7 @@ export class Estate {
           const { stageAdapted } = await import('../vm/adapt.js');
           await rm(record, { recursive: true, force: true });
           await mkdir(record, { recursive: true });
-          staged = await stageAdapted(source, join(record, `.stage-${randomBytes(4).toString('hex')}`), { target: 'xen-pv', manifestPath: join(record, 'adapt.manifest.json'), spec, signal: opts.signal });
+          staged = await stageAdapted(source, join(record, `.stage-${crypto().randomBytes(4).toString('hex')}`), { target: 'xen-pv', manifestPath: join(record, 'adapt.manifest.json'), spec, signal: opts.signal });
           adaptation = staged.adaptation;
           carried = staged.source;
           if (adaptation.manifest && spec.virtualization === 'hvm') {

@@ -13,11 +13,9 @@
  * packs it, a streamOptimized VMDK is append-only), in staging overlays the disks are then
  * written from. The manifest goes beside the output, NAME.adapt.manifest.json.
  */
-import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir, open, rename, rm, stat, unlink } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { PolyvisorError, fromSystemError, isPolyvisorError } from '../errors.js';
 import { createImage, openImage, resolveReferenced } from '../disk/chain.js';
 import { convert } from '../disk/convert.js';
@@ -29,6 +27,7 @@ import { adaptInPlace, guestDiskIndexes, stageAdapted, type StagedSource, type V
 import type { ConversionNote, EncodeInput, VmSource } from './codec.js';
 import { findCodec, findPackage, unknownTarget } from './registry.js';
 import { diskCandidates } from './source.js';
+import { crypto } from '../util/builtins.js';
 
 export interface ConvertVmOptions {
   /** disk format for the target (default: the target's own) */
@@ -82,7 +81,7 @@ function adaptedSpec(spec: EncodeInput['spec'], a: VmAdaptation | undefined, not
 /** Whether images of `format` made with `options` can be opened for writing by the disk engine (a streamOptimized VMDK cannot). */
 async function editableOutput(format: string, options: string[] | undefined, dir: string): Promise<boolean> {
   // in a folder of its own: a format may make companion files beside its image (VMDK extents)
-  const folder = join(dir, `.pv-probe-${randomBytes(4).toString('hex')}`);
+  const folder = join(dir, `.pv-probe-${crypto().randomBytes(4).toString('hex')}`);
   const probe = join(folder, 'probe');
   try {
     await mkdir(folder);
@@ -160,7 +159,7 @@ export async function convertVm(source: VmSource, target: string, outDir: string
       let src = source;
       if (plan?.target && !plan.skipped) {
         const manifestPath = await manifestPathFor(outDir, name, !!opts.force);
-        staged = await stageAdapted(source, join(outDir, `.${name}.adapt-${randomBytes(4).toString('hex')}`), { target: plan.target, manifestPath, spec: source.spec, signal: opts.signal });
+        staged = await stageAdapted(source, join(outDir, `.${name}.adapt-${crypto().randomBytes(4).toString('hex')}`), { target: plan.target, manifestPath, spec: source.spec, signal: opts.signal });
         adaptation = staged.adaptation;
         src = { ...staged.source, spec: adaptedSpec(source.spec, adaptation, notes) };
       }
@@ -210,7 +209,7 @@ export async function convertVm(source: VmSource, target: string, outDir: string
         manifestPath = await manifestPathFor(outDir, name, !!opts.force);
         inPlace = await editableOutput(diskFormat, DISK_OPTIONS[c.name]?.[diskFormat], outDir);
         if (!inPlace) {
-          staged = await stageAdapted(source, join(outDir, `.${name}.adapt-${randomBytes(4).toString('hex')}`), { target: plan.target, manifestPath, spec: source.spec, signal: opts.signal });
+          staged = await stageAdapted(source, join(outDir, `.${name}.adapt-${crypto().randomBytes(4).toString('hex')}`), { target: plan.target, manifestPath, spec: source.spec, signal: opts.signal });
           adaptation = staged.adaptation;
           from = staged.source;
         }
@@ -265,7 +264,7 @@ async function writeAtomically(path: string, data: string | Buffer, force: boole
   if (!force && (await stat(path).then(() => true, () => false))) {
     throw new PolyvisorError('ERR_EXISTS', 'file exists; pass --force to replace it', { file: path });
   }
-  const tmp = join(resolve(path, '..'), `.${basename(path)}.${randomBytes(4).toString('hex')}.pv-partial`);
+  const tmp = join(resolve(path, '..'), `.${basename(path)}.${crypto().randomBytes(4).toString('hex')}.pv-partial`);
   try {
     const fh = await open(tmp, 'wx');
     try {
@@ -286,7 +285,7 @@ async function writeAtomically(path: string, data: string | Buffer, force: boole
 async function manifest(files: string[]): Promise<string> {
   const lines: string[] = [];
   for (const f of files) {
-    const h = createHash('sha256');
+    const h = crypto().createHash('sha256');
     for await (const chunk of createReadStream(f)) h.update(chunk as Buffer);
     lines.push(`SHA256(${basename(f)})= ${h.digest('hex')}`);
   }

@@ -25,13 +25,13 @@
  * the block map and "blocks allocated" are written once, at flush. The unwritten parts of
  * a new block are file holes, which read as zeroes.
  */
-import { randomUUID } from 'node:crypto';
 import { PolyvisorError, hex } from '../../errors.js';
 import { checkRange } from '../backing.js';
 import type { CreateContext, DiskFormat, OpenContext } from '../format.js';
 import type { BackingRef, BlockImage, CheckResult, Extent } from '../image.js';
 import { ImageFile, alignUp } from '../io.js';
 import { optionBool } from '../registry.js';
+import { crypto } from '../../util/builtins.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -162,7 +162,7 @@ function uuidText(disk: Buffer): string {
 }
 
 function newDiskUuid(): Buffer {
-  const b = Buffer.from(randomUUID().replace(/-/g, ''), 'hex');
+  const b = Buffer.from(crypto().randomUUID().replace(/-/g, ''), 'hex');
   b.subarray(0, 4).reverse();
   b.subarray(4, 6).reverse();
   b.subarray(6, 8).reverse();

@@ -21,7 +21,6 @@
  * footer at its end (its copy at offset 0 still opens it).
  */
 import { allBitsSet, bitRuns, setBits, type BitOrder } from '../bitmap.js';
-import { randomUUID } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import { basename, dirname, relative, resolve } from 'node:path';
 import { PolyvisorError, hex } from '../../errors.js';
@@ -57,6 +56,7 @@ import {
   uuidText,
   vhdChecksum,
 } from './vhd-structs.js';
+import { crypto } from '../../util/builtins.js';
 
 /** Bit numbering of this format's sector bitmaps (see bitmap.ts). */
 const BIT_ORDER: BitOrder = 'msb-first';
@@ -889,7 +889,7 @@ async function createVhd(ctx: CreateContext): Promise<VhdImage> {
     geometry,
     diskType: subformat === 'fixed' ? DISK_FIXED : subformat === 'dynamic' ? DISK_DYNAMIC : DISK_DIFFERENCING,
     checksum: 0,
-    uuid: Buffer.from(randomUUID().replace(/-/g, ''), 'hex'),
+    uuid: Buffer.from(crypto().randomUUID().replace(/-/g, ''), 'hex'),
     savedState: false,
   };
   const footerBuf = buildFooter(footer);

@@ -5,13 +5,13 @@
  * reports allocation through them, resolving unallocated runs through the parent of a
  * delta disk. Flat and ZERO extents live here; sparse ones in vmdk-sparse.ts/vmdk-delta.ts.
  */
-import { randomInt } from 'node:crypto';
 import { PolyvisorError } from '../../errors.js';
 import { checkRange, readBacking } from '../backing.js';
 import type { BackingRef, BlockImage, CheckResult, Extent } from '../image.js';
 import type { ImageFile } from '../io.js';
 import { CID_NOPARENT, formatDescriptor, type Descriptor, type ExtentAccess } from './vmdk-descriptor.js';
 import { SECTOR, SparseExtent, type BaseReader, type Run, type VmdkExtent } from './vmdk-sparse.js';
+import { crypto } from '../../util/builtins.js';
 
 /** FLAT / VMFS extents: the guest bytes stored as is, from `offset` in their file. */
 export class FlatExtent implements VmdkExtent {
@@ -254,7 +254,7 @@ export class VmdkImage implements BlockImage {
   #touch(): void {
     if (this.#p.created || this.#cidStale) return;
     this.#cidStale = true;
-    let cid = randomInt(0, 0xfffffffe);
+    let cid = crypto().randomInt(0, 0xfffffffe);
     if (cid === this.#desc.cid) cid ^= 1;
     this.#desc.cid = cid;
   }

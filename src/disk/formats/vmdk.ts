@@ -15,7 +15,6 @@
  * streamOptimized/v3/COWD/seSparse extents that exist (ERR_READ_ONLY/ERR_UNSUPPORTED),
  * out-of-order writes to a new streamOptimized image (ERR_UNSUPPORTED).
  */
-import { randomInt } from 'node:crypto';
 import { basename, isAbsolute } from 'node:path';
 import { PolyvisorError } from '../../errors.js';
 import type { CreateContext, DiskFormat, OpenContext } from '../format.js';
@@ -26,6 +25,7 @@ import { CID_NOPARENT, MAX_DESCRIPTOR_BYTES, formatDescriptor, looksLikeDescript
 import { COWD_GTES, CowdExtent, SESPARSE_MAGIC, SeSparseExtent } from './vmdk-delta.js';
 import { FlatExtent, VmdkImage, ZeroExtent, type PlacedExtent } from './vmdk-image.js';
 import { COWD, KDMV, SECTOR, SparseExtent, type VmdkExtent } from './vmdk-sparse.js';
+import { crypto } from '../../util/builtins.js';
 
 void COWD_GTES;
 
@@ -225,7 +225,7 @@ async function createVmdk(ctx: CreateContext): Promise<BlockImage> {
   const dot = name.lastIndexOf('.');
   const prefix = dot > 0 ? name.slice(0, dot) : name;
   const postfix = dot > 0 ? name.slice(dot) : '';
-  const cid = randomInt(0, 0xfffffffe);
+  const cid = crypto().randomInt(0, 0xfffffffe);
   const parentCid = ctx.backing ? ((ctx.backing.image.formatInfo() as { cid?: number }).cid ?? CID_NOPARENT) : CID_NOPARENT;
   const g = vmdkGeometry(sectors * SECTOR, adapter);
   const ddb: Array<[string, string]> = [

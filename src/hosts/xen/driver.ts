@@ -17,7 +17,6 @@ import { createReadStream } from 'node:fs';
 import { mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { basename, join, posix, resolve } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { PolyvisorError, fromSystemError } from '../../errors.js';
 import { openImage } from '../../disk/chain.js';
 import type { ConversionNote } from '../../vm/codec.js';
@@ -32,6 +31,7 @@ import { SshSession, displayCommand, type RunResult } from './ssh.js';
 import { downloadFile, uploadBytes, uploadImage, type Progress } from './transfer.js';
 import { parseXenUri } from './uri.js';
 import { parseXlList, type XlDomain } from './xl-list.js';
+import { crypto } from '../../util/builtins.js';
 
 export interface XenDriverOptions {
   /** xen+ssh://[user@]host[:port] */
@@ -139,7 +139,7 @@ export class XenDriver implements HypervisorDriver {
     const name = checkDomainName(spec.name);
     if (input.disks.length !== spec.disks.length) throw new PolyvisorError('ERR_INTERNAL', `xen: ${spec.disks.length} disks in the spec but ${input.disks.length} attachments`);
     const final = this.folderOf(name);
-    const stage = posix.join(this.storageDir, `.${name}.partial-${randomBytes(4).toString('hex')}`);
+    const stage = posix.join(this.storageDir, `.${name}.partial-${crypto().randomBytes(4).toString('hex')}`);
     // a spec the xl codec refuses is refused before anything is copied
     xl.encode!({ spec, diskFiles: input.disks.map((a, i) => (a ? { file: posix.join(final, `disk${i}.raw`), format: 'raw', capacity: 0 } : undefined)), name, folder: final });
     await this.#script(`[ -e "$2" ] && exit ${EXISTS}; mkdir -p "$1" && mkdir -m 700 "$3"`, [this.storageDir, final, stage], ['mkdir', stage], name);
@@ -344,7 +344,7 @@ export class XenDriver implements HypervisorDriver {
       absSpec.boot![key] = join(dir, rel);
     }
     const encoded = xl.encode!({ spec: relSpec, diskFiles, name, folder: dir });
-    const tmp = join(dir, `.${name}.cfg.${randomBytes(4).toString('hex')}.pv-partial`);
+    const tmp = join(dir, `.${name}.cfg.${crypto().randomBytes(4).toString('hex')}.pv-partial`);
     await writeFile(tmp, encoded.files[0]!.data);
     await rename(tmp, cfgLocal).catch(async (e) => {
       await rm(tmp, { force: true });

@@ -14,7 +14,6 @@
  * destination, hashed, then the tar is streamed (descriptor, manifest, disks) to a temporary
  * name and renamed into place; temporaries are removed whatever happens.
  */
-import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
@@ -29,6 +28,7 @@ import type { ConversionNote, SourceDisk, VmPackage, VmSource } from '../codec.j
 import { readOvf } from '../codecs/ovf-read.js';
 import { encodeOvf } from '../codecs/ovf-write.js';
 import { TarArchive, quoteName, type TarMember } from './tar.js';
+import { crypto } from '../../util/builtins.js';
 
 /** A descriptor larger than this is not an OVF anyone wrote. */
 const MAX_DESCRIPTOR_BYTES = 16 << 20;
@@ -60,7 +60,7 @@ export function parseManifest(text: string, file: string): ManifestEntry[] {
 }
 
 async function hashMember(tar: TarArchive, m: TarMember, algorithm: Algorithm, signal?: AbortSignal): Promise<string> {
-  const h = createHash(algorithm);
+  const h = crypto().createHash(algorithm);
   const piece = 1 << 20;
   const buf = Buffer.allocUnsafe(Math.min(piece, Math.max(1, m.size)));
   for (let done = 0; done < m.size; done += piece) {
@@ -166,7 +166,7 @@ async function exists(p: string): Promise<boolean> {
 }
 
 async function sha256File(p: string, signal?: AbortSignal): Promise<string> {
-  const h = createHash('sha256');
+  const h = crypto().createHash('sha256');
   await pipeline(createReadStream(p), h, { signal });
   return h.digest('hex');
 }
@@ -175,7 +175,7 @@ async function writeOva(source: VmSource, path: string, opts: Parameters<VmPacka
   const { signal } = opts;
   if (!opts.force && (await exists(path))) throw new PolyvisorError('ERR_EXISTS', 'destination exists; pass --force to replace it', { file: path });
   const dir = dirname(path);
-  const tag = randomBytes(4).toString('hex');
+  const tag = crypto().randomBytes(4).toString('hex');
   const tmpOva = join(dir, `.${basename(path)}.${tag}.pv-partial`);
   const temps: string[] = [];
   const notes: ConversionNote[] = [];
@@ -235,7 +235,7 @@ async function writeOva(source: VmSource, path: string, opts: Parameters<VmPacka
     notes.push(...encoded.notes);
     const ovfName = `${stem}.ovf`;
     const ovfData = Buffer.from(encoded.files[0]!.data);
-    const mfLines = [`SHA256(${ovfName})= ${createHash('sha256').update(ovfData).digest('hex')}`, ...images.map((im) => `SHA256(${im.member})= ${digests.get(im.member)}`)];
+    const mfLines = [`SHA256(${ovfName})= ${crypto().createHash('sha256').update(ovfData).digest('hex')}`, ...images.map((im) => `SHA256(${im.member})= ${digests.get(im.member)}`)];
     const mfData = Buffer.from(mfLines.join('\n') + '\n');
 
     // 3. The tar, streamed with backpressure: .ovf, .mf, then the disks.

@@ -26,9 +26,9 @@
  * other tools, and an ambiguous index would serve the wrong bytes); sizes must end inside the
  * file; the number of members and the size of pax / long-name records are bounded.
  */
-import { createHash } from 'node:crypto';
 import { PolyvisorError, hex } from '../../errors.js';
 import { ImageFile } from '../../disk/io.js';
+import { crypto } from '../../util/builtins.js';
 
 export const BLOCK = 512;
 /** Members an index holds at most; an XVA of a 1 TiB disk has ~2M chunk+checksum members, so callers may raise it. */
@@ -380,7 +380,7 @@ export async function hashRange(file: ImageFile, offset: number, length: number,
   if (offset + length > file.size) {
     throw new PolyvisorError('ERR_TRUNCATED', `${length} bytes at ${hex(offset)} run past the end of the file`, { file: file.path, offset });
   }
-  const h = createHash(algorithm);
+  const h = crypto().createHash(algorithm);
   const piece = 1 << 20;
   const buf = Buffer.allocUnsafe(Math.min(piece, Math.max(1, length)));
   for (let done = 0; done < length; done += piece) {

@@ -17,12 +17,12 @@
  * read the whole of a 100 GiB export before the first byte is served; `verify()` reads
  * every chunk for whoever wants that up front (`vm inspect --verify`).
  */
-import { createHash } from 'node:crypto';
 import { PolyvisorError, hex } from '../../errors.js';
 import type { BlockImage, Extent } from '../../disk/image.js';
 import { ImageFile, isZero } from '../../disk/io.js';
 import { quoteName, type TarMember } from './tar.js';
 import { xxh64Hex } from './xva-xxhash.js';
+import { crypto } from '../../util/builtins.js';
 
 export const CHUNK_SIZE = 1 << 20;
 
@@ -37,7 +37,7 @@ export interface XvaChunk {
 const MAX_CHECKSUM_BYTES = 128;
 
 export async function chunkDigest(data: Uint8Array, algorithm: 'sha1' | 'xxh64'): Promise<string> {
-  return algorithm === 'sha1' ? createHash('sha1').update(data).digest('hex') : xxh64Hex(data);
+  return algorithm === 'sha1' ? crypto().createHash('sha1').update(data).digest('hex') : xxh64Hex(data);
 }
 
 export class XvaDisk implements BlockImage {

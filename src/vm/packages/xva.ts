@@ -22,7 +22,6 @@
  * tar is gzip or zstd; decompress first), the first-generation XVA (ova.xml <appliance>,
  * gzipped chunk files), and compressed chunk members.
  */
-import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
@@ -39,6 +38,7 @@ import { MAX_XML_BYTES } from '../xml.js';
 import { BLOCK, TarArchive, quoteName, type TarMember } from './tar.js';
 import { CHUNK_SIZE, XvaDisk, chunkIsZero, chunkDigest, type XvaChunk } from './xva-disk.js';
 import { headerToSpec, parseOvaXml, renderOvaXml, specToHeader, type XvaDiskRef } from './xva-metadata.js';
+import { crypto } from '../../util/builtins.js';
 
 /**
  * Members an XVA index holds at most: a fully allocated 2 TiB disk is 4M members (a chunk and
@@ -193,7 +193,7 @@ async function writeXva(source: VmSource, path: string, opts: PackageWriteOption
     throw new PolyvisorError('ERR_EXISTS', 'destination exists; pass --force to replace it', { file: path });
   }
   const images = new Map<number, { disk: SourceDisk; image: BlockImage }>();
-  const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(4).toString('hex')}.pv-partial`);
+  const tmp = join(dirname(path), `.${basename(path)}.${crypto().randomBytes(4).toString('hex')}.pv-partial`);
   let written = false;
   try {
     for (const d of source.disks) images.set(d.index, { disk: d, image: await d.open() });

@@ -17,7 +17,6 @@
  * module loader, a few milliseconds of every command's start.
  */
 import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, writeSync, type Stats } from 'node:fs';
-import { createRequire } from 'node:module';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { constants, Script } from 'node:vm';
@@ -72,19 +71,32 @@ async function runBundle(info: Stats): Promise<void> {
     }
   }
   trace('bundle and code cache read');
-  // CommonJS's own wrapper, on the bundle's first line so that line numbers stay right
-  const script = new Script(`(function (exports, require, module, __filename, __dirname) {${source}\n})`, {
+  // the bundle is written as one function expression, CommonJS's own wrapper
+  // (scripts/bundle.mjs): compiled as read, with no copy of it made to wrap it
+  const script = new Script(source, {
     filename: bundle,
     cachedData,
     // an import() left in the bundle (a Node built-in) loads as it would in a module
     importModuleDynamically: constants.USE_MAIN_CONTEXT_DEFAULT_LOADER,
   });
   const reuse = cachedData !== undefined && !script.cachedDataRejected;
-  // saved at exit, so that the functions this command compiled lazily are in it too
-  if (folder && !reuse) process.once('exit', () => saveCodeCache(script, folder, file));
+  // saved at exit, so that the functions this command compiled lazily are in it too, or
+  // earlier when the command asks (./code-cache.ts: `run` does once its QEMU is starting)
+  if (folder && !reuse) {
+    let saved = false;
+    const save = () => {
+      if (saved) return;
+      saved = true;
+      saveCodeCache(script, folder, file);
+    };
+    (globalThis as Record<symbol, unknown>)[Symbol.for('polyvisor.saveCodeCache')] = save;
+    process.once('exit', save);
+  }
   trace(`bundle compiled (${reuse ? 'code cache used' : cachedData ? 'code cache rejected' : 'no code cache'})`);
   const module = { exports: {} as { main(argv: string[]): Promise<void> } };
-  script.runInThisContext()(module.exports, createRequire(bundle), module, bundle, dirname(bundle));
+  // this file's own require: it resolves from the bundle's folder, where this file is, and
+  // node:module's createRequire would load that module and the ES loader with it
+  script.runInThisContext()(module.exports, require, module, bundle, dirname(bundle));
   await module.exports.main(process.argv);
 }
 

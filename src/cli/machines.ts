@@ -14,7 +14,7 @@ import { databaseUrl, dataDir } from '../store/data-dir.js';
 import { attachConsole, DETACH_KEY_NAME } from './console.js';
 import { adaptationLines } from './adaptation.js';
 import { out } from './run.js';
-import { trace } from '../util/trace.js';
+import { saveCodeCache } from './code-cache.js';
 
 export interface HostOptions {
   data?: string;
@@ -100,17 +100,17 @@ export function machineCommands(): Command[] {
           try {
             // run boots the guest as it is (adaptation is vm import's and move's step), paused
             // until the console is attached: the first byte the guest prints is seen
-            const { vm } = await host.importAndStart(source, { name: o.name, persist: !!o.persist, transient: !o.keep, allowOutsidePaths: o.allowOutsidePaths, adapt: false });
+            const started = await host.importAndStart(source, { name: o.name, persist: !!o.persist, transient: !o.keep, allowOutsidePaths: o.allowOutsidePaths, adapt: false, whileStarting: saveCodeCache });
+            const vm = started.vm;
             name = vm.name;
-            trace('qemu started (paused)');
             // a signal while it started: it ends here, as it would have a moment later
-            if (signalled) throw new PolyvisorError('ERR_ABORTED', `interrupted by ${signalled}`);
+            if (signalled) {
+              started.console.destroy();
+              throw new PolyvisorError('ERR_ABORTED', `interrupted by ${signalled}`);
+            }
             notices(host);
-            const stream = await host.console(name);
-            const attached = attachConsole(stream);
-            trace('console attached');
-            await host.resume(name);
-            trace('resumed');
+            const attached = attachConsole(started.console);
+            await started.resume();
             let timer: NodeJS.Timeout | undefined;
             if (timeout !== undefined) timer = setTimeout(() => void host.kill(vm.name).catch(() => undefined), timeout * 1000);
             const how = await attached;

@@ -21,7 +21,6 @@ import { mkdir, rename, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { promisify } from 'node:util';
-import { randomUUID } from 'node:crypto';
 import type { BlockImage } from '../disk/image.js';
 import { PolyvisorError } from '../errors.js';
 import { Store, checkVmName, type StoredDisk, type StoredVm } from '../store/store.js';
@@ -33,6 +32,7 @@ import type { NbdServer } from './nbd/server.js';
 import { QemuDriver } from './qemu/driver.js';
 import { qemuAlive } from './qemu/process.js';
 import { trace } from '../util/trace.js';
+import { crypto } from '../util/builtins.js';
 
 const run = promisify(execFile);
 
@@ -78,6 +78,14 @@ export interface ImportResult {
   notes: ConversionNote[];
   /** what guest adaptation did: the manifest `guest undo` takes, or why nothing was adapted */
   adaptation?: VmAdaptation;
+}
+
+/** What importAndStart gives: the VM started paused, its console attached. */
+export interface StartedImport extends ImportResult {
+  /** the serial console, attached while QEMU set the machine up: nothing the guest prints is missed */
+  console: Duplex;
+  /** releases the guest's CPUs (QMP cont), then records the VM as running */
+  resume(): Promise<void>;
 }
 
 /** The hypervisor a VM source was made for (kept here for callers of this module; ../guest/route.ts decides). */
@@ -127,17 +135,19 @@ export class LocalHost {
 
   /**
    * `polyvisor run`'s import and start (paused) in one, in the order that shows the guest
-   * soonest: QEMU is spawned as soon as the VM's folder is ready, and the store is opened
-   * and written while QEMU sets the machine up (it needs about 0.1 s before it takes a
-   * command), not before. A name the store already holds (a VM on another host: a local one
-   * owns its folder, which the import could not have taken) is refused then, by the store's
-   * own unique name: QEMU is killed and the folder removed, as for any failed import.
+   * soonest: QEMU is spawned as soon as the VM's folder is ready, and while it sets the machine
+   * up (it needs about 0.1 s before it takes a command) the serial console is connected and
+   * the store opened and written, not before. A name the store already holds (a VM on another
+   * host: a local one owns its folder, which the import could not have taken) is refused then,
+   * by the store's own unique name: QEMU is killed and the folder removed, as for any failed
+   * import. `whileStarting`: more work for that wait (the CLI writes V8's code cache there).
    */
-  async importAndStart(sourcePath: string, opts: ImportOptions = {}): Promise<ImportResult> {
+  async importAndStart(sourcePath: string, opts: ImportOptions & { whileStarting?: () => void } = {}): Promise<StartedImport> {
     const { record, notes, adaptation } = await this.#prepare(sourcePath, opts, { checkStore: false });
     trace('imported (folder ready)');
     const name = record.name;
     let vm: StoredVm | undefined;
+    let consoleStream: Promise<Duplex> | undefined;
     try {
       const disks: Array<DiskAttachment | undefined> = record.spec.disks.map(() => undefined);
       for (const d of record.disks) disks[d.index] = { path: d.path, format: d.format };
@@ -145,12 +155,26 @@ export class LocalHost {
       await this.#driver.start(name, {
         paused: true,
         whileStarting: () => {
+          consoleStream = this.#driver.console(name, { whileStarting: true });
+          // awaited below, once QEMU answers; a failure before that is reported there
+          consoleStream.catch(() => undefined);
           vm = this.store.addVm({ ...record, state: 'paused', pid: this.#driver.pid(name), startedAt: new Date().toISOString() });
           trace('store written');
+          opts.whileStarting?.();
         },
       });
-      return { vm: vm!, notes, adaptation };
+      trace('qemu started (paused)');
+      const console = await consoleStream!;
+      trace('console attached');
+      const started = vm!;
+      const resume = async () => {
+        await this.#driver.resume(name);
+        trace('resumed');
+        this.store.setState(name, 'running', { pid: started.pid, startedAt: started.startedAt });
+      };
+      return { vm: started, notes, adaptation, console, resume };
     } catch (e) {
+      void consoleStream?.then((c) => c.destroy(), () => undefined);
       await this.#driver.kill(name).catch(() => undefined);
       if (vm) this.store.removeVm(name);
       // the folder is this run's: the import renamed it into place
@@ -188,9 +212,15 @@ export class LocalHost {
       final = this.vmDir(name);
       // built under a temporary name and renamed at the end: a failed import leaves nothing
       dir = join(this.dataDir, 'vms', `.import-${name}-${process.pid}`);
-      await rm(dir, { recursive: true, force: true });
-      await mkdir(dir, { recursive: true });
-      const spec = { ...(await withHostBootFiles(source, { allowOutsidePaths: opts.allowOutsidePaths })), name };
+      // the folder and the boot files' lookup at once (each is a few round trips to the thread
+      // pool); both settle before a failure is handled, so that the clean-up below sees the folder
+      const [made, boot] = await Promise.allSettled([
+        rm(dir, { recursive: true, force: true }).then(() => mkdir(dir!, { recursive: true })),
+        withHostBootFiles(source, { allowOutsidePaths: opts.allowOutsidePaths }),
+      ]);
+      if (made.status === 'rejected') throw made.reason;
+      if (boot.status === 'rejected') throw boot.reason;
+      const spec = { ...boot.value, name };
       const disks: StoredDisk[] = [];
       const nbd: Array<{ index: number; image: BlockImage }> = [];
       for (const d of source.disks) {
@@ -204,7 +234,9 @@ export class LocalHost {
           disks.push({ index: d.index, label: d.label, mode: 'persist', path: resolve(image.path), format: image.format });
         } else if (why === undefined && !opts.copy) {
           // a qcow2 overlay that names the source by its absolute path: QEMU follows it read-only
-          const overlay = await createImage(join(dir, file), 'qcow2', undefined, { backingFile: resolve(image.path), backingFormat: image.format, allowOutsidePaths: true, cache: 'unsafe' });
+          // the overlay takes the open source over and closes it with itself
+          opened.splice(opened.indexOf(image), 1);
+          const overlay = await createImage(join(dir, file), 'qcow2', undefined, { backingFile: resolve(image.path), backingFormat: image.format, backingImage: image, allowOutsidePaths: true, cache: 'unsafe' });
           await overlay.close();
           disks.push({ index: d.index, label: d.label, mode: 'overlay', path: join(final, file), format: 'qcow2', source: resolve(image.path) });
         } else if (opts.transient && !opts.copy) {
@@ -222,7 +254,7 @@ export class LocalHost {
       if (nbd.length) await this.#serve(name, nbd);
       for (const img of opened.splice(0).filter((i) => !nbd.some((n) => n.image === i))) await img.close();
       const adaptation = opts.adapt === false ? undefined : await this.adapt(final, source.kind, spec, disks, opts.signal);
-      const record: NewVmRecord = { name, uuid: spec.uuid ?? randomUUID(), host: LOCAL_HOST, source: resolve(sourcePath), sourceKind: source.kind, spec, disks };
+      const record: NewVmRecord = { name, uuid: spec.uuid ?? crypto().randomUUID(), host: LOCAL_HOST, source: resolve(sourcePath), sourceKind: source.kind, spec, disks };
       return { record, notes: source.notes, adaptation };
     } catch (e) {
       if (dir) await rm(dir, { recursive: true, force: true });

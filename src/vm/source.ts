@@ -88,7 +88,7 @@ export async function openVmSource(path: string, opts: OpenVmOptions = {}): Prom
     throw new PolyvisorError('ERR_FORMAT_UNKNOWN', 'not a VM descriptor or package that Polyvisor reads (xl.cfg, libvirt XML, .vmx, OVF/OVA, XVA, .vmc, Hyper-V XML)', { file: path });
   }
   if (pick.kind === 'package') return pick.pkg.open(path, { allowOutsidePaths: opts.allowOutsidePaths });
-  return openDescriptor(path, st.size, pick.codec, opts);
+  return openDescriptor(path, st.size, pick.codec, opts, head);
 }
 
 /** File name endings taken as a raw disk; raw has no signature, so any other file is not guessed to be one. */
@@ -121,14 +121,17 @@ async function openBareDisk(path: string, opts: OpenVmOptions): Promise<VmSource
   return { path, kind: 'disk', spec, disks, notes, close: async () => {} };
 }
 
-async function openDescriptor(path: string, size: number, codec: VmCodec, opts: OpenVmOptions): Promise<VmSource> {
+/** `head`: the file's start as probed; when it ended before HEAD bytes it is the whole file, not read again. */
+async function openDescriptor(path: string, size: number, codec: VmCodec, opts: OpenVmOptions, head: Buffer): Promise<VmSource> {
   if (size > MAX_DESCRIPTOR) throw new PolyvisorError('ERR_UNSUPPORTED', `a ${size}-byte file is too large to be a ${codec.name} descriptor`, { file: path });
-  const fh = await open(path, 'r');
-  let data: Buffer;
-  try {
-    data = await fh.readFile();
-  } finally {
-    await fh.close();
+  let data = head;
+  if (head.length >= HEAD) {
+    const fh = await open(path, 'r');
+    try {
+      data = await fh.readFile();
+    } finally {
+      await fh.close();
+    }
   }
   const { spec, notes } = codec.decode!(data, path);
   const disks: SourceDisk[] = [];
@@ -214,6 +217,7 @@ export async function withHostBootFiles(source: VmSource, opts: { allowOutsidePa
       throw e;
     }
   };
-  return { ...source.spec, boot: { ...b, kernel: await find(b.kernel, 'kernel'), ramdisk: await find(b.ramdisk, 'ramdisk') } };
+  const [kernel, ramdisk] = await Promise.all([find(b.kernel, 'kernel'), find(b.ramdisk, 'ramdisk')]);
+  return { ...source.spec, boot: { ...b, kernel, ramdisk } };
 }
 

@@ -17,7 +17,12 @@ export function qemuAlive(pid: number, marker: string): boolean {
   }
 }
 
-/** Resolves once the process is gone (polled: it is not our child, so there is no exit event). */
+/**
+ * Resolves once the process is gone (polled: it is not our child, so there is no exit event).
+ * The first look is after `intervalMs`: callers have just started the process or seen it
+ * alive, and reading /proc/<pid>/cmdline of a QEMU that is loading its libraries waits for
+ * its memory map lock (about 2 ms of every start).
+ */
 export function whenGone(pid: number, marker: string, intervalMs = 100): { done: Promise<void>; cancel(): void } {
   let timer: NodeJS.Timeout | undefined;
   let resolveDone!: () => void;
@@ -28,7 +33,7 @@ export function whenGone(pid: number, marker: string, intervalMs = 100): { done:
     // QEMU is gone; cancel() ends the polling
     timer = setTimeout(poll, intervalMs);
   };
-  poll();
+  timer = setTimeout(poll, intervalMs);
   return {
     done,
     cancel: () => {

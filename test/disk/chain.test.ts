@@ -47,6 +47,31 @@ test('an overlay Polyvisor creates over a VHD is written by qemu-io and read bac
   assert.equal(await imageDigest(img), await qemuDigest(top, 'qcow2', dir));
 });
 
+test('an overlay made over a backing image already open takes it over: closed with the overlay, or when creation fails', async (t) => {
+  const dir = await tempDir(t);
+  const base = join(dir, 'base.qcow2');
+  await qemuImg('create', '-q', '-f', 'qcow2', base, '4M');
+  await qemuIo(base, 'qcow2', 'write -P 0x5a 1M 64k');
+  const probed = await openImage(base);
+  const top = join(dir, 'top.qcow2');
+  const created = await createImage(top, 'qcow2', undefined, { backingFile: base, backingFormat: 'qcow2', backingImage: probed, allowOutsidePaths: true });
+  assert.equal(created.virtualSize, 4 << 20);
+  await created.close();
+  // the overlay closed the image it was given
+  await assert.rejects(probed.read(Buffer.alloc(512), 1 << 20));
+  assert.equal(qemuImgStatus('check', top).status, 0);
+  const img = await openImage(top);
+  t.after(() => img.close());
+  assert.equal(await imageDigest(img), await qemuDigest(top, 'qcow2', dir));
+
+  // refused options, found before or while the format creates: the image handed over is closed all the same
+  for (const options of ['nosuch=1', 'cluster_size=3']) {
+    const again = await openImage(base);
+    await assert.rejects(createImage(join(dir, 'bad.qcow2'), 'qcow2', undefined, { backingFile: base, backingImage: again, options }), (e) => isPolyvisorError(e, 'ERR_INVALID_OPTION'));
+    await assert.rejects(again.read(Buffer.alloc(512), 1 << 20), `${options}: the image was left open`);
+  }
+});
+
 test('a long chain is followed; a chain deeper than the limit is refused', async (t) => {
   const dir = await tempDir(t);
   await qemuImg('create', '-q', '-f', 'raw', join(dir, 'l0.img'), '1M');

@@ -110,7 +110,6 @@ export function machineCommands(): Command[] {
             }
             notices(host);
             const attached = attachConsole(started.console);
-            await started.resume();
             let timer: NodeJS.Timeout | undefined;
             if (timeout !== undefined) timer = setTimeout(() => void host.kill(vm.name).catch(() => undefined), timeout * 1000);
             const how = await attached;

@@ -80,12 +80,10 @@ export interface ImportResult {
   adaptation?: VmAdaptation;
 }
 
-/** What importAndStart gives: the VM started paused, its console attached. */
+/** What importAndStart gives: the VM running, its console attached before its CPUs ran. */
 export interface StartedImport extends ImportResult {
   /** the serial console, attached while QEMU set the machine up: nothing the guest prints is missed */
   console: Duplex;
-  /** releases the guest's CPUs (QMP cont), then records the VM as running */
-  resume(): Promise<void>;
 }
 
 /** The hypervisor a VM source was made for (kept here for callers of this module; ../guest/route.ts decides). */
@@ -134,13 +132,15 @@ export class LocalHost {
   }
 
   /**
-   * `polyvisor run`'s import and start (paused) in one, in the order that shows the guest
-   * soonest: QEMU is spawned as soon as the VM's folder is ready, and while it sets the machine
-   * up (it needs about 0.1 s before it takes a command) the serial console is connected and
-   * the store opened and written, not before. A name the store already holds (a VM on another
-   * host: a local one owns its folder, which the import could not have taken) is refused then,
-   * by the store's own unique name: QEMU is killed and the folder removed, as for any failed
-   * import. `whileStarting`: more work for that wait (the CLI writes V8's code cache there).
+   * `polyvisor run`'s import and start in one, in the order that shows the guest soonest:
+   * QEMU is spawned (paused) as soon as the VM's folder is ready, and while it sets the machine
+   * up (it needs about 0.1 s before it takes a command) the serial console is connected and the
+   * store opened and written; the CPUs are released the moment QEMU takes commands, once the
+   * console is attached, so that the guest's first byte is seen. A name the store already
+   * holds (a VM on another host: a local one owns its folder, which the import could not have
+   * taken) is refused while QEMU starts, by the store's own unique name: QEMU is killed and the
+   * folder removed, as for any failed import. `whileStarting`: more work for that wait (the
+   * CLI writes V8's code cache there).
    */
   async importAndStart(sourcePath: string, opts: ImportOptions & { whileStarting?: () => void } = {}): Promise<StartedImport> {
     const { record, notes, adaptation } = await this.#prepare(sourcePath, opts, { checkStore: false });
@@ -156,23 +156,16 @@ export class LocalHost {
         paused: true,
         whileStarting: () => {
           consoleStream = this.#driver.console(name, { whileStarting: true });
-          // awaited below, once QEMU answers; a failure before that is reported there
+          // awaited when QEMU takes commands; a failure before that is reported there
           consoleStream.catch(() => undefined);
           vm = this.store.addVm({ ...record, state: 'paused', pid: this.#driver.pid(name), startedAt: new Date().toISOString() });
           trace('store written');
           opts.whileStarting?.();
         },
+        resumeAfter: () => consoleStream!,
       });
-      trace('qemu started (paused)');
-      const console = await consoleStream!;
-      trace('console attached');
-      const started = vm!;
-      const resume = async () => {
-        await this.#driver.resume(name);
-        trace('resumed');
-        this.store.setState(name, 'running', { pid: started.pid, startedAt: started.startedAt });
-      };
-      return { vm: started, notes, adaptation, console, resume };
+      this.store.setState(name, 'running', { pid: vm!.pid, startedAt: vm!.startedAt });
+      return { vm: { ...vm!, state: 'running' }, notes, adaptation, console: await consoleStream! };
     } catch (e) {
       void consoleStream?.then((c) => c.destroy(), () => undefined);
       await this.#driver.kill(name).catch(() => undefined);

@@ -192,9 +192,13 @@ export class QemuDriver implements HypervisorDriver {
   /**
    * `paused`: the guest's CPUs wait for resume() (attach a console first, then resume: no
    * output is missed). `whileStarting`: work for the time QEMU spends setting the machine up,
-   * between its spawn and its first QMP answer; if it throws, QEMU is killed.
+   * between its spawn and its first QMP answer; if it throws, QEMU is killed. `resumeAfter`
+   * (with `paused`): the CPUs are released as soon as QEMU takes commands and the promise it
+   * returns (called during that time: a console being attached) has settled, `cont` sent
+   * behind the QMP negotiation so that both are answered at once; start() returns with the
+   * VM running.
    */
-  async start(name: string, opts: { paused?: boolean; whileStarting?: () => void | Promise<void> } = {}): Promise<void> {
+  async start(name: string, opts: { paused?: boolean; whileStarting?: () => void | Promise<void>; resumeAfter?: () => Promise<unknown> } = {}): Promise<void> {
     const vm = this.#vm(name);
     if (vm.proc) throw new PolyvisorError('ERR_VM_STATE', `qemu: ${name} is already running`);
     const p = vm.paths;
@@ -231,14 +235,28 @@ export class QemuDriver implements HypervisorDriver {
       vm.state = 'running';
     }
     trace('qemu: spawned');
+    let resumed: Promise<void> | undefined;
+    const resumeAfter = opts.paused ? opts.resumeAfter : undefined;
+    const onNegotiating = resumeAfter
+      ? (qmp: QmpClient) => {
+          if (resumed) return;
+          resumed = resumeAfter().then(async () => void (await qmp.execute('cont')));
+          // awaited below; a failure before that is reported there
+          resumed.catch(() => undefined);
+        }
+      : undefined;
     try {
       await opts.whileStarting?.();
-      vm.qmp = await this.#connect(vm, vm.paths.qmpSocket);
+      vm.qmp = await this.#connect(vm, vm.paths.qmpSocket, onNegotiating);
+      trace('qemu: qmp connected');
+      if (resumed) {
+        await resumed;
+        trace('resumed');
+      }
     } catch (e) {
       await this.#killProc(vm);
       throw e;
     }
-    trace('qemu: qmp connected');
     this.#watchState(vm, vm.qmp);
   }
 
@@ -444,14 +462,14 @@ export class QemuDriver implements HypervisorDriver {
   }
 
   /** Polls for the QMP socket until QEMU has created it, QEMU exits, or the timeout passes. */
-  async #connect(vm: Vm, socket: string): Promise<QmpClient> {
+  async #connect(vm: Vm, socket: string, onNegotiating?: (qmp: QmpClient) => void): Promise<QmpClient> {
     const deadline = Date.now() + (this.#opts.startTimeoutMs ?? 10_000);
     let died = false;
     void vm.proc?.exited.then(() => (died = true));
     for (;;) {
       if (died || !vm.proc) throw new PolyvisorError('ERR_IO', `qemu: exited while starting: ${this.#startError(vm) || 'no message'}`);
       try {
-        return await QmpClient.connect(socket, { connectTimeoutMs: 5000 });
+        return await QmpClient.connect(socket, { connectTimeoutMs: 5000, onNegotiating });
       } catch (e) {
         if (Date.now() > deadline) throw new PolyvisorError('ERR_IO', `qemu: QMP socket did not answer: ${(e as Error).message}`, { cause: e });
         // QEMU creates the socket early and greets once initialised: a short wait between tries

@@ -33,6 +33,12 @@ export interface QmpEvent {
 export interface QmpOptions {
   /** for the greeting and the negotiation; default 5 s */
   connectTimeoutMs?: number;
+  /**
+   * Called once, right after `qmp_capabilities` is sent and before its answer: commands sent
+   * from here go out behind it and QEMU answers them together once it takes commands (a VM's
+   * `cont`, without the round trip of waiting for the negotiation first).
+   */
+  onNegotiating?: (client: QmpClient) => void;
   /** default per-command timeout; default 10 s */
   commandTimeoutMs?: number;
   /** the longest message accepted; default 1 MiB */
@@ -87,7 +93,9 @@ export class QmpClient extends EventEmitter {
         client.#onGreeting = () => resolve();
         client.once('close', (e?: Error) => reject(e ?? new PolyvisorError('ERR_IO', 'QMP: connection closed before the greeting', { file: path })));
       });
-      await client.execute('qmp_capabilities', undefined, { timeoutMs: timeout });
+      const negotiated = client.execute('qmp_capabilities', undefined, { timeoutMs: timeout });
+      opts.onNegotiating?.(client);
+      await negotiated;
       return client;
     } catch (e) {
       client.close();

@@ -280,6 +280,32 @@ describe('QMP client', () => {
     return path;
   }
 
+  test('a command sent while negotiating goes out behind qmp_capabilities, before its answer', async (t) => {
+    // this peer answers nothing until it has both lines: a client that waited for the
+    // negotiation's answer before sending would never get one
+    const seen: Array<{ execute: string; id: string }> = [];
+    const peer = await bogusPeer(t, (s) => {
+      s.write('{"QMP": {"version": {"qemu": {"major": 8, "minor": 2, "micro": 0}}, "capabilities": []}}\r\n');
+      let buf = '';
+      s.on('data', (d: Buffer) => {
+        buf += d.toString();
+        const lines = buf.split('\n').filter((l) => l.trim());
+        if (lines.length < 2 || seen.length) return;
+        for (const l of lines) seen.push(JSON.parse(l) as { execute: string; id: string });
+        for (const m of seen) s.write(`{"return": {}, "id": ${JSON.stringify(m.id)}}\r\n`);
+      });
+    });
+    let cont: Promise<unknown> | undefined;
+    const qmp = await QmpClient.connect(peer, { connectTimeoutMs: 3000, onNegotiating: (c) => (cont = c.execute('cont', undefined, { timeoutMs: 3000 })) });
+    try {
+      assert.deepEqual(await cont, {});
+      assert.deepEqual(seen.map((m) => m.execute), ['qmp_capabilities', 'cont']);
+    } finally {
+      // before the peer's server closes, which waits for its connections to end
+      qmp.close();
+    }
+  });
+
   test('a bogus peer: garbage, a non-greeting, an endless line, a command timeout', async (t) => {
     const garbage = await bogusPeer(t, (s) => s.end('hello, I am not QEMU\r\n'));
     await assert.rejects(QmpClient.connect(garbage), (e) => isPolyvisorError(e, 'ERR_IO') && /not JSON/.test(e.message));

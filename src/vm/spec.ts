@@ -41,6 +41,21 @@ export const NIC_MODELS = ['virtio', 'e1000', 'e1000e', 'rtl8139', 'pcnet', 'vmx
 
 export const OS_FAMILIES = ['linux', 'windows', 'bsd', 'solaris', 'other', 'unknown'] as const;
 
+// Fields of one kind share one schema: zod schemas are immutable, and each one built costs
+// every command that reads a VM some tens of microseconds (about a hundred are built here, on
+// `polyvisor run`'s way to the guest: BENCHMARKS.md).
+/** a controller or unit number, a serial port */
+const optionalByte = z.optional(z.int().check(z.minimum(0), z.maximum(255)));
+/** a host file name */
+const optionalPath = z.optional(z.string().check(z.maxLength(4096)));
+/** a network, a listen address */
+const optionalName = z.optional(z.string().check(z.maxLength(256)));
+const optionalFlag = z.optional(z.boolean());
+/** sockets, cores */
+const optionalTopology = z.optional(z.int().check(z.minimum(1), z.maximum(4096)));
+/** at least 1 MiB */
+const memoryBytes = z.int().check(z.minimum(1 << 20));
+
 const mac = z.string().check(z.regex(/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/, 'a MAC address as six lower-case hex pairs separated by colons'));
 
 export const VmDiskSchema = z.object({
@@ -50,15 +65,15 @@ export const VmDiskSchema = z.object({
   /** the controller's model when the bus does not say (SCSI, SATA) */
   controllerModel: z.optional(z.enum(CONTROLLER_MODELS)),
   /** controller number on that bus, and unit (slot) on the controller: VMware's scsi0:1 */
-  controller: z.optional(z.int().check(z.minimum(0), z.maximum(255))),
-  unit: z.optional(z.int().check(z.minimum(0), z.maximum(255))),
+  controller: optionalByte,
+  unit: optionalByte,
   /** the guest's device name where the hypervisor records one: xvda, sda, hdc, vdb */
   target: z.optional(z.string().check(z.maxLength(64))),
   /** the disk file as the descriptor records it (relative to the descriptor's folder); absent for an empty CD-ROM */
-  file: z.optional(z.string().check(z.maxLength(4096))),
+  file: optionalPath,
   /** the disk format in Polyvisor's registry names (raw, qcow2, vhd, vhdx, vmdk, vdi), when known */
   format: z.optional(z.string().check(z.maxLength(32))),
-  readOnly: z.optional(z.boolean()),
+  readOnly: optionalFlag,
   /** 1 boots first */
   bootOrder: z.optional(z.int().check(z.minimum(1), z.maximum(64))),
   /** virtual size in bytes, when the descriptor states it (OVF, XVA) */
@@ -70,7 +85,7 @@ export const VmNicSchema = z.object({
   model: z.optional(z.enum(NIC_MODELS)),
   mac: z.optional(mac),
   /** the network or bridge the NIC joins, by the source's name for it */
-  network: z.optional(z.string().check(z.maxLength(256))),
+  network: optionalName,
   /** how it joins: a host bridge, a named virtual network, NAT, or no connection */
   connection: z.optional(z.enum(['bridge', 'network', 'nat', 'none'])),
 });
@@ -82,8 +97,8 @@ export const VmSpecSchema = z.object({
   description: z.optional(z.string().check(z.maxLength(65536))),
   firmware: z.object({
     type: z.enum(['bios', 'uefi']),
-    secureBoot: z.optional(z.boolean()),
-    tpm: z.optional(z.boolean()),
+    secureBoot: optionalFlag,
+    tpm: optionalFlag,
   }),
   /**
    * How the guest is virtualised: fully (hvm: every hypervisor), or Xen's paravirtual modes
@@ -92,20 +107,20 @@ export const VmSpecSchema = z.object({
   virtualization: z.enum(['hvm', 'pv', 'pvh']),
   cpu: z.object({
     count: z.int().check(z.minimum(1), z.maximum(4096)),
-    sockets: z.optional(z.int().check(z.minimum(1), z.maximum(4096))),
-    cores: z.optional(z.int().check(z.minimum(1), z.maximum(4096))),
+    sockets: optionalTopology,
+    cores: optionalTopology,
     threads: z.optional(z.int().check(z.minimum(1), z.maximum(16))),
   }),
   memory: z.object({
     /** bytes at start */
-    bytes: z.int().check(z.minimum(1 << 20)),
+    bytes: memoryBytes,
     /** bytes the guest may balloon up to, when it differs */
-    maxBytes: z.optional(z.int().check(z.minimum(1 << 20))),
+    maxBytes: z.optional(memoryBytes),
   }),
   disks: z.array(VmDiskSchema).check(z.maxLength(256)),
   nics: z.array(VmNicSchema).check(z.maxLength(64)),
-  consoles: z.array(z.object({ type: z.enum(['serial', 'xen', 'virtio']), port: z.optional(z.int().check(z.minimum(0), z.maximum(255))) })).check(z.maxLength(16)),
-  graphics: z.array(z.object({ type: z.enum(['vnc', 'spice', 'sdl', 'rdp', 'vga']), port: z.optional(z.int().check(z.minimum(-1), z.maximum(65535))), listen: z.optional(z.string().check(z.maxLength(256))) })).check(z.maxLength(8)),
+  consoles: z.array(z.object({ type: z.enum(['serial', 'xen', 'virtio']), port: optionalByte })).check(z.maxLength(16)),
+  graphics: z.array(z.object({ type: z.enum(['vnc', 'spice', 'sdl', 'rdp', 'vga']), port: z.optional(z.int().check(z.minimum(-1), z.maximum(65535))), listen: optionalName })).check(z.maxLength(8)),
   os: z.object({
     family: z.enum(OS_FAMILIES),
     /** the source's own name for the guest OS: "ubuntu64Guest", "rhel8", "win2k19"... */
@@ -117,10 +132,10 @@ export const VmSpecSchema = z.object({
    */
   boot: z.optional(
     z.object({
-      kernel: z.optional(z.string().check(z.maxLength(4096))),
-      ramdisk: z.optional(z.string().check(z.maxLength(4096))),
+      kernel: optionalPath,
+      ramdisk: optionalPath,
       cmdline: z.optional(z.string().check(z.maxLength(65536))),
-      bootloader: z.optional(z.string().check(z.maxLength(4096))),
+      bootloader: optionalPath,
       bootloaderArgs: z.optional(z.array(z.string().check(z.maxLength(4096))).check(z.maxLength(64))),
       /** boot devices in order, for BIOS guests: disk, cdrom, network, floppy */
       order: z.optional(z.array(z.enum(['disk', 'cdrom', 'network', 'floppy'])).check(z.maxLength(8))),

@@ -205,21 +205,23 @@ export class LocalHost {
       final = this.vmDir(name);
       // built under a temporary name and renamed at the end: a failed import leaves nothing
       dir = join(this.dataDir, 'vms', `.import-${name}-${process.pid}`);
-      // the folder and the boot files' lookup at once (each is a few round trips to the thread
-      // pool); both settle before a failure is handled, so that the clean-up below sees the folder
-      const [made, boot] = await Promise.allSettled([
+      // The folder, the boot files' lookup and the disks' opening at once: each is a few round
+      // trips to the thread pool, on `run`'s way to QEMU. All settle before a failure is
+      // handled, so that the clean-up below sees the folder and closes every image that opened.
+      const [made, boot, ...openings] = await Promise.allSettled([
         rm(dir, { recursive: true, force: true }).then(() => mkdir(dir!, { recursive: true })),
         withHostBootFiles(source, { allowOutsidePaths: opts.allowOutsidePaths }),
+        ...source.disks.map((d) => d.open()),
       ]);
-      if (made.status === 'rejected') throw made.reason;
-      if (boot.status === 'rejected') throw boot.reason;
-      const spec = { ...boot.value, name };
+      const images = openings.map((r) => (r.status === 'fulfilled' ? (r.value as BlockImage) : undefined));
+      for (const image of images) if (image) opened.push(image);
+      for (const r of [made, boot, ...openings]) if (r.status === 'rejected') throw r.reason;
+      const spec = { ...(boot as PromiseFulfilledResult<VmSpec>).value, name };
       const disks: StoredDisk[] = [];
       const nbd: Array<{ index: number; image: BlockImage }> = [];
-      for (const d of source.disks) {
+      for (const [i, d] of source.disks.entries()) {
         opts.signal?.throwIfAborted();
-        const image = await d.open();
-        opened.push(image);
+        const image = images[i]!;
         const why = await whyNotDirect(image, this.#opts.qemuImg);
         const file = `disk${d.index}.qcow2`;
         if (opts.persist) {

@@ -111,6 +111,12 @@ function trace(step: string): void {
 }
 
 async function start(): Promise<void> {
+  // process.getBuiltinModule (Node 20.16) loads built-ins on first use (../util/builtins.ts)
+  if (typeof (process as { getBuiltinModule?: unknown }).getBuiltinModule !== 'function') {
+    writeSync(2, `polyvisor: needs Node.js 20.16 or later (this is ${process.version})\n`);
+    process.exitCode = 1;
+    return;
+  }
   const info = process.env.POLYVISOR_NO_BUNDLE === '1' ? undefined : stat(bundle);
   const built = stat(buildInfo);
   if (info && (!built || info.mtimeMs >= built.mtimeMs)) await runBundle(info);

@@ -180,6 +180,7 @@ export async function createImage(path: string, formatName: string, size: number
     if (opts.backingFile !== undefined && !format.capabilities.backing) {
       throw new PolyvisorError('ERR_UNSUPPORTED', `${format.name} images cannot have a backing file`, { file: path });
     }
+    if (opts.backingImage && opts.backingFile === undefined) throw new PolyvisorError('ERR_INTERNAL', 'a backing image was handed over without the backing file name to record', { file: path });
   } catch (e) {
     // a backing image handed over is this function's to close, whatever happens
     await opts.backingImage?.close();

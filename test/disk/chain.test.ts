@@ -70,6 +70,10 @@ test('an overlay made over a backing image already open takes it over: closed wi
     await assert.rejects(createImage(join(dir, 'bad.qcow2'), 'qcow2', undefined, { backingFile: base, backingImage: again, options }), (e) => isPolyvisorError(e, 'ERR_INVALID_OPTION'));
     await assert.rejects(again.read(Buffer.alloc(512), 1 << 20), `${options}: the image was left open`);
   }
+  // an image handed over with no backing file name to record: refused, and closed
+  const stray = await openImage(base);
+  await assert.rejects(createImage(join(dir, 'stray.qcow2'), 'qcow2', 4 << 20, { backingImage: stray }), (e) => isPolyvisorError(e, 'ERR_INTERNAL'));
+  await assert.rejects(stray.read(Buffer.alloc(512), 1 << 20), 'the stray image was left open');
 });
 
 test('a long chain is followed; a chain deeper than the limit is refused', async (t) => {

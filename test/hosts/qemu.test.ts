@@ -304,6 +304,16 @@ describe('QMP client', () => {
       // before the peer's server closes, which waits for its connections to end
       qmp.close();
     }
+    // a hook that throws fails the connection with its error, and leaves no rejection unhandled
+    await assert.rejects(
+      QmpClient.connect(peer, {
+        connectTimeoutMs: 3000,
+        onNegotiating: () => {
+          throw new Error('hook failed');
+        },
+      }),
+      /hook failed/,
+    );
   });
 
   test('a bogus peer: garbage, a non-greeting, an endless line, a command timeout', async (t) => {

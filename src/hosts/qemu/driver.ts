@@ -236,10 +236,14 @@ export class QemuDriver implements HypervisorDriver {
     }
     trace('qemu: spawned');
     let resumed: Promise<void> | undefined;
+    let resumedOn: QmpClient | undefined;
     const resumeAfter = opts.paused ? opts.resumeAfter : undefined;
     const onNegotiating = resumeAfter
       ? (qmp: QmpClient) => {
-          if (resumed) return;
+          // once per connection that gets this far: a connection that failed its negotiation
+          // is replaced by a new one (#connect), and `cont` must go out on that one
+          if (resumedOn && !resumedOn.closed) return;
+          resumedOn = qmp;
           resumed = resumeAfter().then(async () => void (await qmp.execute('cont')));
           // awaited below; a failure before that is reported there
           resumed.catch(() => undefined);

@@ -94,6 +94,8 @@ export class QmpClient extends EventEmitter {
         client.once('close', (e?: Error) => reject(e ?? new PolyvisorError('ERR_IO', 'QMP: connection closed before the greeting', { file: path })));
       });
       const negotiated = client.execute('qmp_capabilities', undefined, { timeoutMs: timeout });
+      // awaited below; handled now, so that a hook that throws leaves no rejection unhandled
+      negotiated.catch(() => undefined);
       opts.onNegotiating?.(client);
       await negotiated;
       return client;

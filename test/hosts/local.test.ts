@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { copyFile, readFile, writeFile } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, readlinkSync, realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -288,6 +288,32 @@ describe('the store without booting', () => {
       const left = spawnSync('pgrep', ['-f', join(data, 'vms', 'taken')], { encoding: 'utf8' });
       assert.equal(left.stdout.trim(), '', 'no QEMU of the refused run is left');
       assert.deepEqual(host.list().map((v) => v.name), ['first']);
+    } finally {
+      await host.close();
+    }
+  });
+
+  test('an import whose second disk cannot be opened leaves nothing: no folder, the first disk closed', async (t) => {
+    const dir = await tempDir(t);
+    const data = join(dir, 'data');
+    const { cfg, disk } = await guestFolder(dir, 'twodisks');
+    // a qcow2 magic and version, then nothing: the disk engine refuses it
+    await writeFile(join(dir, 'bad.qcow2'), Buffer.from([0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 3]));
+    await writeFile(cfg, (await readFile(cfg, 'utf8')).replace('target=disk.qcow2" ]', 'target=disk.qcow2", "format=qcow2,vdev=xvdb,access=rw,target=bad.qcow2" ]'));
+    const host = new LocalHost({ dataDir: data });
+    try {
+      await assert.rejects(host.import(cfg), (e) => isPolyvisorError(e) && e.file === join(dir, 'bad.qcow2'));
+      assert.deepEqual(existsSync(join(data, 'vms')) ? readdirSync(join(data, 'vms')) : [], [], 'no folder is left');
+      // the disks open at once: the one that opened is closed all the same
+      const open = readdirSync('/proc/self/fd').flatMap((fd) => {
+        try {
+          return [readlinkSync(join('/proc/self/fd', fd))];
+        } catch {
+          return [];
+        }
+      });
+      assert.ok(!open.includes(realpathSync(disk)), `${disk} is still open`);
+      assert.equal(host.list().length, 0);
     } finally {
       await host.close();
     }

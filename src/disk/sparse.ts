@@ -4,14 +4,15 @@
  * system cannot answer, every byte counts as data: callers still detect zeroes by reading,
  * so results stay correct, only slower.
  */
+import { nodeModule } from '../util/builtins.js';
+
 type SeekFn = (fd: number, offset: number, whence: 0 | 1) => number;
 let seekFn: SeekFn | null | undefined;
 
 function loadSeek(): SeekFn | null {
   if (seekFn !== undefined) return seekFn;
   try {
-    // node:module only now: loading it costs every command's start more than this file's use
-    const require = process.getBuiltinModule('node:module').createRequire(import.meta.url);
+    const require = nodeModule().createRequire(import.meta.url);
     // dist/src/disk/sparse.js -> ../../../build/Release
     seekFn = (require('../../../build/Release/polyvisor_seek.node') as { seek: SeekFn }).seek;
   } catch {

@@ -165,7 +165,7 @@ export class LocalHost {
         resumeAfter: () => consoleStream!,
       });
       this.store.setState(name, 'running', { pid: vm!.pid, startedAt: vm!.startedAt });
-      return { vm: { ...vm!, state: 'running' }, notes, adaptation, console: await consoleStream! };
+      return { vm: this.store.getVm(name), notes, adaptation, console: await consoleStream! };
     } catch (e) {
       void consoleStream?.then((c) => c.destroy(), () => undefined);
       await this.#driver.kill(name).catch(() => undefined);

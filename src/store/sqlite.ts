@@ -5,6 +5,7 @@
  */
 import type Database from 'better-sqlite3';
 import { PolyvisorError } from '../errors.js';
+import { nodeModule } from '../util/builtins.js';
 import { checkParams, type Db, type SqlParam, type Statement, type TransactionMode } from './db.js';
 
 export class SqliteDb implements Db {
@@ -17,7 +18,7 @@ export class SqliteDb implements Db {
     try {
       // loaded when a store opens, not with this module: `polyvisor run` loads the store's
       // modules before it starts QEMU and opens the store while QEMU starts (../hosts/local.ts)
-      const open = process.getBuiltinModule('node:module').createRequire(import.meta.url)('better-sqlite3') as typeof Database;
+      const open = nodeModule().createRequire(import.meta.url)('better-sqlite3') as typeof Database;
       this.#db = new open(file);
       // WAL: readers (ps) never wait for a writer; busy_timeout: two commands at once wait their turn
       this.#db.pragma('journal_mode = WAL');

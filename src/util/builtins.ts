@@ -9,3 +9,5 @@
 export const zlib = (): typeof import('node:zlib') => process.getBuiltinModule('node:zlib');
 export const workerThreads = (): typeof import('node:worker_threads') => process.getBuiltinModule('node:worker_threads');
 export const crypto = (): typeof import('node:crypto') => process.getBuiltinModule('node:crypto');
+/** for createRequire: loading an addon (../disk/sparse.ts) or better-sqlite3 (../store/sqlite.ts) */
+export const nodeModule = (): typeof import('node:module') => process.getBuiltinModule('node:module');

@@ -121,12 +121,13 @@ async function openBareDisk(path: string, opts: OpenVmOptions): Promise<VmSource
   return { path, kind: 'disk', spec, disks, notes, close: async () => {} };
 }
 
-/** `head`: the file's start as probed; when it holds the whole file (all `size` bytes, fewer than HEAD) it is not read again. */
+/** `head`: the file's start as probed; when it holds the whole file (all `size` bytes) it is not read again. */
 async function openDescriptor(path: string, size: number, codec: VmCodec, opts: OpenVmOptions, head: Buffer): Promise<VmSource> {
   if (size > MAX_DESCRIPTOR) throw new PolyvisorError('ERR_UNSUPPORTED', `a ${size}-byte file is too large to be a ${codec.name} descriptor`, { file: path });
   let data = head;
-  // a short read (network file systems may return fewer bytes than asked) is read again whole
-  if (head.length >= HEAD || head.length !== size) {
+  // a larger file, or a short read (network file systems may return fewer bytes than asked),
+  // is read again whole
+  if (head.length !== size) {
     const fh = await open(path, 'r');
     try {
       data = await fh.readFile();

@@ -113,12 +113,14 @@ const HEAD_READ = 64 * 1024;
  * are decoded but not judged here (see `unsupportedFeature`); table offsets are checked by
  * `validateLayout`.
  */
-export async function readHeader(file: ImageFile): Promise<Qcow2Header> {
+export async function readHeader(file: ImageFile, start?: Buffer): Promise<Qcow2Header> {
   const path = file.path;
   // One read of the file's start serves every structure below when the header cluster is at
   // most HEAD_READ bytes (it is 64 KiB by default): each read is a round trip to the thread
-  // pool, and an image is opened on the way to every VM start.
-  const head = await file.readStructure(0, Math.min(HEAD_READ, file.size), 'qcow2 header');
+  // pool, and an image is opened on the way to every VM start. `start`: those bytes, when the
+  // caller has just written them (a new image).
+  const want = Math.min(HEAD_READ, file.size);
+  const head = start ? start.subarray(0, want) : await file.readStructure(0, want, 'qcow2 header');
   const read = (offset: number, length: number, structure: string): Promise<Buffer> | Buffer =>
     offset + length <= head.length ? head.subarray(offset, offset + length) : file.readStructure(offset, length, structure);
   const fixed = await read(0, V2_HEADER_LENGTH, 'qcow2 header');

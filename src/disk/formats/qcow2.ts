@@ -115,7 +115,7 @@ async function createQcow2(ctx: CreateContext): Promise<BlockImage> {
     image.writeUInt32BE(rc.tableClusters, HDR.refcountTableClusters);
     rc.writeInto(image);
     await file.writeAt(image, 0);
-    const header = await readHeader(file);
+    const header = await readHeader(file, image);
     const ranges: MetaRange[] = [{ name: 'header', start: 0, end: cs }];
     if (l1Size > 0) ranges.push({ name: 'L1 table', start: l1Offset, end: l1Offset + l1Size * 8 });
     ranges.push({ name: 'refcount table', start: rc.tableOffset, end: rc.tableOffset + rc.tableClusters * cs });
